@@ -1,0 +1,268 @@
+"""Settings: frozen Structs loaded from a TOML file, `JARVIS_*` variables and CLI flags.
+
+Later sources win: defaults < TOML file < environment < CLI overrides. Environment
+variables are ``JARVIS_<SECTION>_<KEY>`` (``JARVIS_MARKET_WINDOW_S=0.2``), plus the
+shortcuts ``JARVIS_REDIS_URL`` and ``JARVIS_NAMESPACE``. A wrong value fails at start-up
+with a `ConfigError` naming the key, the value, where it came from and what was expected.
+No Redis URL means the in-memory bus.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .errors import ConfigError
+from .protocol import ID_PATTERN, NAMESPACE_PATTERN
+
+__all__ = [
+    "BusConfig",
+    "Config",
+    "GuardianConfig",
+    "LibrarianConfig",
+    "LivenessConfig",
+    "MarketConfig",
+    "ModelSpec",
+    "ScoringConfig",
+    "WorkerConfig",
+    "load_config",
+]
+
+Seconds = Annotated[float, msgspec.Meta(gt=0.0)]
+NonNegSeconds = Annotated[float, msgspec.Meta(ge=0.0)]
+Unit = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class BusConfig(_Section):
+    redis_url: str | None = None
+    namespace: Annotated[str, msgspec.Meta(pattern=NAMESPACE_PATTERN)] = "jarvis"
+    reconnect_timeout_s: Seconds = 30.0
+    reconnect_backoff_max_s: Seconds = 2.0
+    events_maxlen: Positive = 100_000
+
+
+class MarketConfig(_Section):
+    window_s: Seconds = 0.5
+    early_close: bool = True
+    max_rounds: Positive = 3
+    round_backoff_s: NonNegSeconds = 0.05
+    max_concurrent_auctions: Positive = 256
+
+
+class LivenessConfig(_Section):
+    heartbeat_s: Seconds = 1.0
+    dead_after_s: Seconds = 3.0
+
+
+class ModelSpec(_Section):
+    """How able a model is (0..1) and how costly it is to run (0..1)."""
+
+    capability: Unit
+    cost: Unit = 0.5
+
+
+def _default_models() -> dict[str, ModelSpec]:
+    return {
+        "gemini:flash": ModelSpec(capability=0.6, cost=0.2),
+        "gemini:pro": ModelSpec(capability=0.95, cost=0.8),
+        "gpt:mini": ModelSpec(capability=0.55, cost=0.15),
+        "gpt:large": ModelSpec(capability=0.95, cost=0.85),
+        "local:small": ModelSpec(capability=0.35, cost=0.05),
+    }
+
+
+class ScoringConfig(_Section):
+    expertise_weight: Unit = 0.6
+    context_weight: Unit = 0.15
+    capability_weight: Unit = 0.25
+    context_half_life_s: Seconds = 1800.0
+    cost_penalty: Unit = 0.15
+    unknown_model_capability: Unit = 0.5
+    models: dict[str, ModelSpec] = msgspec.field(default_factory=_default_models)
+
+
+class WorkerConfig(_Section):
+    """One `[[workers]]` table: a worker the kernel starts itself."""
+
+    id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+    model: str = "gemini:flash"
+    expertise: dict[str, Unit] = {}
+    capacity: Positive = 1
+    runtime: Literal["inline", "process", "docker"] = "inline"
+    executor: Literal["sim", "command", "python", "llm"] = "sim"
+    duration_s: NonNegSeconds | None = None
+    fail_rate: Unit = 0.0
+    options: dict[str, Any] = {}
+
+
+class GuardianConfig(_Section):
+    enabled: bool = True
+    stall_after_s: Seconds = 300.0
+    spiral_count: Positive = 3
+    rca_model: str = "gemini:pro"
+
+
+class LibrarianConfig(_Section):
+    enabled: bool = True
+    interval_s: Seconds = 300.0
+
+
+class Config(_Section):
+    """Everything the kernel needs to start."""
+
+    bus: BusConfig = BusConfig()
+    market: MarketConfig = MarketConfig()
+    liveness: LivenessConfig = LivenessConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    guardian: GuardianConfig = GuardianConfig()
+    librarian: LibrarianConfig = LibrarianConfig()
+    memory_dir: str = ".memory"
+    log_format: Literal["rich", "plain", "json"] = "rich"
+    workers: list[WorkerConfig] = []
+
+    def __post_init__(self) -> None:
+        if self.liveness.dead_after_s <= self.liveness.heartbeat_s:
+            raise ValueError(
+                "`$.liveness.dead_after_s` must be greater than `heartbeat_s` "
+                f"(got {self.liveness.dead_after_s} <= {self.liveness.heartbeat_s})"
+            )
+        seen: set[str] = set()
+        for i, worker in enumerate(self.workers):
+            if worker.id in seen:
+                raise ValueError(f"duplicate worker id {worker.id!r} - at `$.workers[{i}].id`")
+            seen.add(worker.id)
+
+
+_SHORTCUTS = {"JARVIS_REDIS_URL": "bus.redis_url", "JARVIS_NAMESPACE": "bus.namespace"}
+_SKIP_ENV = {"JARVIS_REQUIRE_REDIS", "JARVIS_REQUIRE_DOCKER", "JARVIS_TEST_REDIS_URL"}
+_PATH_RE = re.compile(r" - at `\$(.*)`$")
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build a `Config` from defaults, the TOML file at `path`, `env` and `overrides`.
+
+    `overrides` maps dotted keys (``"bus.redis_url"``) to values, as CLI flags give them.
+    """
+    data: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if path is not None:
+        _merge_toml(Path(path), data, sources)
+    for name, key, value in _env_items(os.environ if env is None else env):
+        _set_dotted(data, key, value)
+        sources[key] = f"environment variable {name}"
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+        sources[key] = "command line"
+    return _convert(data, sources)
+
+
+def _merge_toml(path: Path, data: dict[str, Any], sources: dict[str, str]) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+        loaded = tomllib.loads(text)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    data.update(loaded)
+    for key in _dotted_keys(loaded):
+        sources[key] = f"file {path}"
+
+
+def _dotted_keys(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        if isinstance(value, Mapping):
+            keys.extend(_dotted_keys(value, f"{dotted}."))
+    return keys
+
+
+_SECTIONS = frozenset({"bus", "market", "liveness", "scoring", "guardian", "librarian"})
+
+
+def _env_items(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(variable, dotted key, value) for every JARVIS_* setting in `env`."""
+    items = []
+    for name, value in env.items():
+        if not name.startswith("JARVIS_") or name in _SKIP_ENV:
+            continue
+        if name in _SHORTCUTS:
+            items.append((name, _SHORTCUTS[name], value))
+            continue
+        rest = name[len("JARVIS_") :].lower()
+        section, _, key = rest.partition("_")
+        if section in _SECTIONS and key:
+            items.append((name, f"{section}.{key}", value))
+        elif rest in Config.__struct_fields__ and rest not in _SECTIONS and rest != "workers":
+            items.append((name, rest, value))
+        else:
+            raise ConfigError(
+                f"unknown setting {name}={value!r}: expected JARVIS_<SECTION>_<KEY> with a "
+                f"section among {sorted(_SECTIONS)}",
+                source="environment",
+            )
+    return items
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def _convert(data: dict[str, Any], sources: dict[str, str]) -> Config:
+    try:
+        return msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _PATH_RE.search(text)
+        if not match:
+            raise ConfigError(text) from exc
+        dotted = match.group(1).lstrip(".")
+        reason = text[: match.start()]
+        unknown = re.match(r"Object contains unknown field `([^`]+)`", reason)
+        if unknown:
+            dotted = f"{dotted}.{unknown.group(1)}" if dotted else unknown.group(1)
+            reason = "unknown setting (a typo?)"
+        value = _lookup(data, dotted)
+        source = sources.get(dotted) or sources.get(dotted.rsplit(".", 1)[0]) or "defaults"
+        shown = "" if value is _MISSING else f" = {value!r}"
+        raise ConfigError(f"{dotted}{shown}: {reason}", key=dotted, source=source) from exc
+
+
+_MISSING = object()
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    node = data
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", dotted):
+        if part.startswith("["):
+            index = int(part[1:-1])
+            if not isinstance(node, list) or index >= len(node):
+                return _MISSING
+            node = node[index]
+        elif isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            return _MISSING
+    return node
