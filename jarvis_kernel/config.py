@@ -58,6 +58,7 @@ class MarketConfig(_Section):
     max_rounds: Positive = 3
     round_backoff_s: NonNegSeconds = 0.05
     max_concurrent_auctions: Positive = 256
+    pause_poll_s: Seconds = 0.25
 
 
 class LivenessConfig(_Section):

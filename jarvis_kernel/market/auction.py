@@ -1,0 +1,69 @@
+"""How a winner is chosen: the award rules of the protocol, as pure functions.
+
+The auctioneer feeds these; they do no I/O and read no clock.
+
+Award (protocol.md, "The auction", step 4): the highest score above 0 wins; ties go to the
+lower load/capacity ratio, then the earlier bid, then the smaller ``workerId``. A worker is
+never awarded beyond its capacity: `free` says how many more tasks each worker may take
+*now*, counting awards made by other auctions still open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+
+import msgspec
+
+__all__ = ["ReceivedBid", "choose_winner", "free_capacity", "priority_key", "window_complete"]
+
+
+class ReceivedBid(msgspec.Struct, frozen=True):
+    """A valid bid as the auctioneer received it, in arrival order (`seq`)."""
+
+    worker_id: str
+    score: float
+    load: int
+    capacity: int
+    seq: int
+
+
+def _rank(bid: ReceivedBid) -> tuple[float, float, int, str]:
+    ratio = bid.load / bid.capacity if bid.capacity > 0 else 1.0
+    return (-bid.score, ratio, bid.seq, bid.worker_id)
+
+
+def choose_winner(bids: Iterable[ReceivedBid], free: Mapping[str, int]) -> ReceivedBid | None:
+    """The winning bid, or None when no bid above 0 comes from a worker with room."""
+    candidates = [b for b in bids if b.score > 0.0 and free.get(b.worker_id, 0) > 0]
+    return min(candidates, key=_rank, default=None)
+
+
+def window_complete(eligible: Collection[str], answered: Collection[str]) -> bool:
+    """True once every worker eligible at announcement has answered (the early close).
+
+    With nobody eligible there is nothing to wait for only if someone answered anyway;
+    an empty window waits for its deadline (a worker may be starting).
+    """
+    if not eligible:
+        return False
+    return all(worker in answered for worker in eligible)
+
+
+def free_capacity(
+    capacity: Mapping[str, int], committed: Mapping[str, int], load: Mapping[str, int]
+) -> dict[str, int]:
+    """Room left per worker: capacity minus what it holds.
+
+    What a worker holds is the larger of what the kernel has committed to it (awards not yet
+    finished, including those of auctions still open) and the load it reports itself (which
+    also counts tasks it took from the shared list).
+    """
+    return {
+        worker: max(0, cap - max(committed.get(worker, 0), load.get(worker, 0)))
+        for worker, cap in capacity.items()
+    }
+
+
+def priority_key(priority: int, submitted_seq: int) -> tuple[int, int]:
+    """Sort key of the ready queue: higher priority first, then oldest first."""
+    return (-priority, submitted_seq)

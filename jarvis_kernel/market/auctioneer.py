@@ -1,0 +1,610 @@
+"""The auctioneer: takes tasks in, announces them, collects bids, awards, follows outcomes.
+
+One service (`Auctioneer.run`) with a few loops in one task group:
+
+- intake: ``BLMOVE <ns>:intake -> <ns>:kernel:intake`` (the task is never only in memory),
+  then one Tx records it live and removes it from the kernel's intake list;
+- dispatch: pops the ready queue (priority, then age) into auctions, up to the cap;
+- bids: one pattern subscription on ``<ns>:bids:*`` routes each bid to its open auction;
+- outcomes: reads ``<ns>:events`` as consumer group ``kernel`` (started / completed / failed);
+- liveness: refreshes the view of workers (capacity, heartbeat, load) and takes back the
+  tasks of dead workers.
+
+Which bid wins is decided by `market.auction`; this module only feeds it and acts.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import msgspec
+
+from ..bus import Bus, Tx
+from ..clock import Clock, run_with_timeout
+from ..config import LivenessConfig, MarketConfig
+from ..errors import ProtocolError
+from ..protocol import (
+    Announce,
+    Assignment,
+    Bid,
+    Event,
+    Keys,
+    Task,
+    TaskAnnounced,
+    TaskAssigned,
+    TaskCompleted,
+    TaskDead,
+    TaskFailed,
+    TaskFallback,
+    TaskRequeued,
+    TaskStarted,
+    TaskSubmitted,
+    WorkerInfo,
+    decode,
+    decode_event,
+    encode,
+)
+from .auction import ReceivedBid, choose_winner, free_capacity, priority_key, window_complete
+from .records import TaskRecord, assignment_for, dead_letter_tx, event_fields, removal, transition
+
+__all__ = ["AuctionStats", "Auctioneer", "DuplicateTask"]
+
+log = logging.getLogger(__name__)
+GROUP = "kernel"
+
+
+class DuplicateTask(ProtocolError):
+    """A task with this id is still live; it is not run twice."""
+
+
+class AuctionStats:
+    """Counters and recent latencies, for status, the dashboard and the benchmark."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.counts: Counter[str] = Counter()
+        self.ignored_bids: Counter[str] = Counter()
+        self.award_ms: deque[float] = deque(maxlen=keep)
+
+
+class _Auction:
+    __slots__ = ("answered", "bids", "done", "eligible", "round", "task_id")
+
+    def __init__(self, task_id: str, round_: int, eligible: set[str]) -> None:
+        self.task_id, self.round, self.eligible = task_id, round_, eligible
+        self.bids: list[ReceivedBid] = []
+        self.answered: set[str] = set()
+        self.done = anyio.Event()
+
+
+class Auctioneer:
+    """The market's kernel side. Construct, then ``await tg.start(auctioneer.run)``."""
+
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        keys: Keys,
+        clock: Clock,
+        market: MarketConfig,
+        liveness: LivenessConfig,
+        events_maxlen: int = 100_000,
+    ) -> None:
+        self.bus, self.keys, self.clock = bus, keys, clock
+        self.market, self.liveness = market, liveness
+        self.events_maxlen = events_maxlen
+        self.stats = AuctionStats()
+        self._live_key = keys.internal("live")
+        self._intake_list = keys.internal("intake")
+        self._records: dict[str, bytes] = {}
+        self._ready: list[tuple[tuple[int, int], str]] = []
+        self._ready_changed = anyio.Event()
+        self._auctions: dict[str, _Auction] = {}
+        self._slots = anyio.Semaphore(market.max_concurrent_auctions)
+        self._committed: Counter[str] = Counter()
+        self._capacity: dict[str, int] = {}
+        self._load: dict[str, int] = {}
+        self._alive: set[str] = set()
+        self._refresh_now = anyio.Event()
+        self._seq = itertools.count()
+        self._bid_seq = itertools.count()
+        self._paused = False
+        self._draining = False
+        self._listeners: list[Callable[[Event], None]] = []
+        self._idle = anyio.Event()
+
+    # ------------------------------------------------------------------ public API
+    def add_listener(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """Call `listener` with the event that ends each task (completed or dead).
+
+        Returns a function that removes the listener.
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    @property
+    def open_auctions(self) -> int:
+        return len(self._auctions)
+
+    @property
+    def queued(self) -> int:
+        return len(self._ready)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def set_paused(self, paused: bool) -> None:
+        self._paused = paused
+        self._wake_dispatch()
+
+    def drain(self) -> None:
+        """Stop announcing: open windows close now and award on the bids at hand.
+
+        A task with no winner keeps its `auctioning` record, so the next start runs it again.
+        """
+        self._draining = True
+        for auction in self._auctions.values():
+            auction.done.set()
+        self._wake_dispatch()
+
+    async def submit(self, task: Task) -> None:
+        """Record `task` live and queue it for auction. Raises `DuplicateTask` if still live."""
+        if not await self._admit(task, encode(task), from_intake=False):
+            raise DuplicateTask(f"task {task.task_id!r} is still live; it is not run twice")
+
+    async def refresh_workers(self) -> None:
+        """Read the workers' registrations, heartbeats and loads now."""
+        infos = await self.bus.hgetall(self.keys.workers)
+        alive_since = self.clock.time_ms() - round(self.liveness.dead_after_s * 1000)
+        beats = await self.bus.zrangebyscore(self.keys.heartbeats, alive_since, float("inf"))
+        loads = await self.bus.hgetall(self.keys.load)
+        capacity = {}
+        for worker_id, raw in infos.items():
+            try:
+                capacity[worker_id] = decode(raw, WorkerInfo).capacity
+            except ProtocolError as exc:
+                await self._reject(f"{self.keys.workers}/{worker_id}", str(exc), raw)
+        self._capacity = capacity
+        self._alive = {w for w, _ in beats if w in capacity}
+        self._load = {w: int(v) for w, v in loads.items() if v.isdigit()}
+
+    # ------------------------------------------------------------------ service
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled. Ready once recovered and listening for bids."""
+        await self.bus.xgroup_create(self.keys.events, GROUP)
+        await self._recover()
+        await self.refresh_workers()
+        async with self.bus.subscribe(patterns=[self.keys.bids_pattern]) as bids:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._bid_loop, bids)
+                tg.start_soon(self._intake_loop)
+                tg.start_soon(self._outcome_loop)
+                tg.start_soon(self._liveness_loop)
+                tg.start_soon(self._pause_loop)
+                tg.start_soon(self._dispatch_loop, tg)
+                task_status.started()
+
+    async def wait_idle(self) -> None:
+        """Return once no auction is open (used when draining)."""
+        while self._auctions:
+            await anyio.sleep(0)
+
+    # ------------------------------------------------------------------ intake
+    async def _recover(self) -> None:
+        """Rebuild the in-memory view from Redis after a (re)start."""
+        records = await self.bus.hgetall(self._live_key)
+        top = 0
+        for task_id, raw in records.items():
+            try:
+                record = decode(raw, TaskRecord)
+            except ProtocolError as exc:
+                log.error("dropping unreadable live record %s: %s", task_id, exc)
+                continue
+            self._records[task_id] = raw
+            top = max(top, record.seq + 1)
+            if record.state in ("queued", "auctioning"):
+                self._push_ready(record)
+            elif record.state in ("assigned", "running") and record.worker_id:
+                self._committed[record.worker_id] += 1
+        self._seq = itertools.count(top)
+        for raw in await self.bus.lrange(self._intake_list, 0, -1):
+            await self._admit_raw(raw, self._intake_list)
+
+    async def _intake_loop(self) -> None:
+        while True:
+            raw = await self.bus.blmove(self.keys.intake, self._intake_list, timeout_s=None)
+            if raw is not None:
+                await self._admit_raw(raw, self.keys.intake)
+
+    async def _admit_raw(self, raw: bytes, source: str) -> None:
+        try:
+            task = decode(raw, Task)
+        except ProtocolError as exc:
+            await self._reject(source, str(exc), raw, remove_from=self._intake_list)
+            return
+        if not await self._admit(task, raw, from_intake=True):
+            error = f"duplicate taskId {task.task_id!r}: still live, not run twice"
+            await self._reject(source, error, raw, remove_from=self._intake_list)
+
+    async def _admit(self, task: Task, raw: bytes, *, from_intake: bool) -> bool:
+        now = self.clock.time_ms()
+        record = TaskRecord(task=task, seq=next(self._seq), submitted_ms=now)
+        tx, new_raw = transition(self.keys, None, record)
+        event = TaskSubmitted(
+            at_ms=now,
+            task_id=task.task_id,
+            priority=task.priority,
+            description=task.description[:200],
+        )
+        self._add_event(tx, event)
+        if from_intake:
+            tx.lrem(self._intake_list, 1, raw)
+        if not await self.bus.execute(tx):
+            return False
+        self.stats.counts["submitted"] += 1
+        self._records[task.task_id] = new_raw or b""
+        self._push_ready(record)
+        return True
+
+    async def _reject(
+        self, source: str, error: str, raw: bytes, remove_from: str | None = None
+    ) -> None:
+        """Dead-letter a bad payload and say so in an event; never raise."""
+        now = self.clock.time_ms()
+        tx = dead_letter_tx(Tx(), self.keys, source, error, raw, now)
+        self._add_event(tx, _rejected(now, source, error))
+        if remove_from is not None:
+            tx.lrem(remove_from, 1, raw)
+        await self.bus.execute(tx)
+        self.stats.counts["rejected"] += 1
+        log.warning("rejected message from %s: %s", source, error)
+
+    def _add_event(self, tx: Tx, event: Event) -> None:
+        tx.xadd(self.keys.events, event_fields(event), maxlen=self.events_maxlen)
+
+    # ------------------------------------------------------------------ dispatch
+    def _push_ready(self, record: TaskRecord) -> None:
+        heapq.heappush(
+            self._ready, (priority_key(record.task.priority, record.seq), record.task.task_id)
+        )
+        self._wake_dispatch()
+
+    def _wake_dispatch(self) -> None:
+        self._ready_changed.set()
+
+    async def _dispatch_loop(self, tg: anyio.abc.TaskGroup) -> None:
+        while True:
+            while not self._ready or self._paused or self._draining:
+                self._ready_changed = anyio.Event()
+                await self._ready_changed.wait()
+            await self._slots.acquire()
+            if not self._ready or self._paused or self._draining:
+                self._slots.release()
+                continue
+            _, task_id = heapq.heappop(self._ready)
+            tg.start_soon(self._auction_slot, task_id)
+
+    async def _auction_slot(self, task_id: str) -> None:
+        try:
+            await self._auction(task_id)
+        finally:
+            self._slots.release()
+
+    # ------------------------------------------------------------------ one auction
+    async def _auction(self, task_id: str) -> None:
+        raw = self._records.get(task_id)
+        if raw is None:
+            return
+        record = decode(raw, TaskRecord)
+        first = max(1, record.round if record.state == "auctioning" else 1)
+        for round_ in range(first, self.market.max_rounds + 1):
+            outcome = await self._round(record, raw, round_)
+            if outcome is None:
+                return  # awarded, or the record changed under us
+            record, raw = outcome
+            if self._draining:
+                return
+            if round_ < self.market.max_rounds:
+                await self.clock.sleep(self.market.round_backoff_s * 2 ** (round_ - 1))
+        await self._fallback(record, raw)
+
+    async def _round(
+        self, record: TaskRecord, raw: bytes, round_: int
+    ) -> tuple[TaskRecord, bytes] | None:
+        task = record.task
+        free = self._free()
+        eligible = {w for w in self._alive if free.get(w, 0) > 0}
+        closes_at_ms = self.clock.time_ms() + round(self.market.window_s * 1000)
+        announcing = msgspec.structs.replace(record, state="auctioning", round=round_)
+        tx, new_raw = transition(self.keys, raw, announcing)
+        announce = Announce(
+            task_id=task.task_id,
+            round=round_,
+            description=task.description,
+            required_skills=task.required_skills,
+            complexity=task.complexity,
+            files=task.files,
+            required_model=task.required_model,
+            closes_at_ms=closes_at_ms,
+        )
+        tx.publish(self.keys.market, encode(announce))
+        self._add_event(
+            tx,
+            TaskAnnounced(
+                at_ms=self.clock.time_ms(),
+                task_id=task.task_id,
+                round=round_,
+                attempt=record.attempt,
+                eligible=len(eligible),
+                closes_at_ms=closes_at_ms,
+            ),
+        )
+        auction = self._auctions[task.task_id] = _Auction(task.task_id, round_, eligible)
+        started = time.perf_counter()
+        try:
+            if not await self.bus.execute(tx):
+                self._records.pop(task.task_id, None)
+                return None
+            assert new_raw is not None
+            self._records[task.task_id] = new_raw
+            self.stats.counts["announced"] += 1
+            await run_with_timeout(self.clock, self.market.window_s, auction.done.wait)
+        finally:
+            del self._auctions[task.task_id]
+            if not self._auctions:
+                self._idle.set()
+        winner = choose_winner(auction.bids, self._free())
+        if winner is None:
+            self.stats.counts["no_winner"] += 1
+            return announcing, new_raw
+        await self._award(announcing, new_raw, winner, auction, started)
+        return None
+
+    async def _award(
+        self, record: TaskRecord, raw: bytes, winner: ReceivedBid, auction: _Auction, started: float
+    ) -> None:
+        worker = winner.worker_id
+        self._committed[worker] += 1  # reserve before awaiting: other auctions see it
+        now = self.clock.time_ms()
+        assigned = msgspec.structs.replace(record, state="assigned", worker_id=worker)
+        tx, new_raw = transition(self.keys, raw, assigned)
+        tx.lpush(self.keys.tasks_for(worker), encode(assignment_for(assigned, now)))
+        auction_ms = (time.perf_counter() - started) * 1000
+        self._add_event(
+            tx,
+            TaskAssigned(
+                at_ms=now,
+                task_id=record.task.task_id,
+                worker_id=worker,
+                score=winner.score,
+                round=auction.round,
+                attempt=record.attempt,
+                auction_ms=auction_ms,
+                bids=len(auction.bids),
+            ),
+        )
+        if not await self.bus.execute(tx):
+            self._committed[worker] -= 1
+            self._records.pop(record.task.task_id, None)
+            return
+        self.stats.award_ms.append((time.perf_counter() - started) * 1000)
+        self.stats.counts["awarded"] += 1
+        self._records[record.task.task_id] = new_raw or b""
+
+    async def _fallback(self, record: TaskRecord, raw: bytes) -> None:
+        now = self.clock.time_ms()
+        fallen = msgspec.structs.replace(record, state="fallback", worker_id=None)
+        tx, new_raw = transition(self.keys, raw, fallen)
+        tx.lpush(self.keys.tasks, encode(assignment_for(fallen, now)))
+        self._add_event(
+            tx,
+            TaskFallback(
+                at_ms=now, task_id=record.task.task_id, round=record.round, attempt=record.attempt
+            ),
+        )
+        if await self.bus.execute(tx):
+            self.stats.counts["fallback"] += 1
+            self._records[record.task.task_id] = new_raw or b""
+
+    def _free(self) -> dict[str, int]:
+        return free_capacity(self._capacity, self._committed, self._load)
+
+    # ------------------------------------------------------------------ bids
+    async def _bid_loop(self, subscription: Any) -> None:
+        async for message in subscription:
+            try:
+                bid = decode(message.data, Bid)
+            except ProtocolError as exc:
+                self.stats.ignored_bids["invalid"] += 1
+                await self._reject(message.channel, str(exc), message.data)
+                continue
+            self._on_bid(bid)
+
+    def _on_bid(self, bid: Bid) -> None:
+        auction = self._auctions.get(bid.task_id)
+        reason = None
+        if auction is None:
+            reason = "late"
+        elif bid.round != auction.round:
+            reason = "round"
+        elif bid.worker_id not in self._capacity:
+            reason = "unknown_worker"
+            self._refresh_now.set()
+        elif bid.worker_id in auction.answered:
+            reason = "duplicate"
+        if reason is not None or auction is None:
+            self.stats.ignored_bids[reason or "late"] += 1
+            return
+        auction.answered.add(bid.worker_id)
+        auction.bids.append(
+            ReceivedBid(
+                worker_id=bid.worker_id,
+                score=bid.score,
+                load=bid.load,
+                capacity=bid.capacity,
+                seq=next(self._bid_seq),
+            )
+        )
+        if self.market.early_close and window_complete(auction.eligible, auction.answered):
+            auction.done.set()
+
+    # ------------------------------------------------------------------ outcomes
+    async def _outcome_loop(self) -> None:
+        for entry in await self.bus.xreadgroup(
+            self.keys.events, GROUP, GROUP, pending=True, count=10_000
+        ):
+            await self._on_entry(entry.id, entry.fields)
+        while True:
+            entries = await self.bus.xreadgroup(
+                self.keys.events, GROUP, GROUP, count=500, block_s=5.0
+            )
+            for entry in entries:
+                await self._on_entry(entry.id, entry.fields)
+
+    async def _on_entry(self, entry_id: str, fields: dict[str, bytes]) -> None:
+        raw = fields.get("event", b"")
+        try:
+            event = decode_event(raw)
+        except ProtocolError as exc:
+            await self._reject(self.keys.events, str(exc), raw)
+            event = None
+        if isinstance(event, TaskStarted | TaskCompleted | TaskFailed):
+            await self._on_outcome(event)
+        await self.bus.xack(self.keys.events, GROUP, entry_id)
+
+    async def _on_outcome(self, event: TaskStarted | TaskCompleted | TaskFailed) -> None:
+        task_id = event.task_id or ""
+        raw = self._records.get(task_id)
+        if raw is None:
+            return
+        record = decode(raw, TaskRecord)
+        if event.attempt != record.attempt:
+            self.stats.counts["superseded"] += 1
+            return  # a late result of an attempt already taken back
+        if isinstance(event, TaskStarted):
+            await self._on_started(record, raw, event)
+        elif isinstance(event, TaskCompleted):
+            if await self.bus.execute(removal(self.keys, task_id, raw)):
+                self._release(record)
+                self._records.pop(task_id, None)
+                self.stats.counts["completed"] += 1
+                self._finished(event)
+        else:
+            await self.retry_or_bury(record, raw, f"failed: {event.error_key}")
+
+    async def _on_started(self, record: TaskRecord, raw: bytes, event: TaskStarted) -> None:
+        if record.state == "running":
+            return
+        if record.state == "fallback" and event.worker_id:
+            self._committed[event.worker_id] += 1
+        running = msgspec.structs.replace(
+            record, state="running", worker_id=event.worker_id or record.worker_id
+        )
+        tx, new_raw = transition(self.keys, raw, running)
+        if await self.bus.execute(tx):
+            self._records[record.task.task_id] = new_raw or b""
+
+    def _finished(self, event: Event) -> None:
+        for listener in list(self._listeners):
+            listener(event)
+
+    def _release(self, record: TaskRecord) -> None:
+        if record.worker_id and record.state in ("assigned", "running"):
+            self._committed[record.worker_id] = max(0, self._committed[record.worker_id] - 1)
+
+    async def retry_or_bury(
+        self, record: TaskRecord, raw: bytes, reason: str, *, extra: Tx | None = None
+    ) -> bool:
+        """Take a task back: auction it again with attempt + 1, or dead-letter it when out of tries."""
+        task_id, now = record.task.task_id, self.clock.time_ms()
+        if record.attempt < record.task.max_attempts:
+            again = msgspec.structs.replace(
+                record, state="queued", attempt=record.attempt + 1, round=0, worker_id=None
+            )
+            tx, new_raw = transition(self.keys, raw, again)
+            self._add_event(
+                tx, TaskRequeued(at_ms=now, task_id=task_id, attempt=again.attempt, reason=reason)
+            )
+        else:
+            again, new_raw = None, None
+            tx = removal(self.keys, task_id, raw)
+            dead_letter_tx(
+                tx,
+                self.keys,
+                self._live_key,
+                f"task dead after {record.attempt} attempts: {reason}",
+                encode(record.task),
+                now,
+            )
+            self._add_event(
+                tx, TaskDead(at_ms=now, task_id=task_id, attempts=record.attempt, reason=reason)
+            )
+        if extra is not None:
+            tx.guards.extend(extra.guards)
+            tx.ops.extend(extra.ops)
+        if not await self.bus.execute(tx):
+            return False
+        self._release(record)
+        if again is None:
+            self._records.pop(task_id, None)
+            self.stats.counts["dead"] += 1
+            self._finished(TaskDead(at_ms=now, task_id=task_id, attempts=record.attempt, reason=reason))
+        else:
+            self._records[task_id] = new_raw or b""
+            self.stats.counts["requeued"] += 1
+            self._push_ready(again)
+        return True
+
+    # ------------------------------------------------------------------ liveness
+    async def _liveness_loop(self) -> None:
+        while True:
+            await run_with_timeout(self.clock, self.liveness.heartbeat_s, self._refresh_now.wait)
+            self._refresh_now = anyio.Event()
+            await self.refresh_workers()
+            for worker in [w for w, n in self._committed.items() if n > 0 and w not in self._alive]:
+                await self.reclaim(worker, "worker dead: no heartbeat")
+
+    async def reclaim(self, worker_id: str, reason: str) -> int:
+        """Take back every task awarded to `worker_id` (queued or in hand). Returns how many."""
+        taken = 0
+        for key in (self.keys.tasks_for(worker_id), self.keys.processing(worker_id)):
+            for item in await self.bus.lrange(key, 0, -1):
+                taken += await self._reclaim_one(worker_id, key, item, reason)
+        return taken
+
+    async def _reclaim_one(self, worker_id: str, key: str, item: bytes, reason: str) -> int:
+        try:
+            assignment = decode(item, Assignment)
+        except ProtocolError as exc:
+            await self._reject(key, str(exc), item, remove_from=key)
+            return 0
+        raw = self._records.get(assignment.task_id)
+        record = decode(raw, TaskRecord) if raw else None
+        drop = Tx().lrem(key, 1, item)
+        if record is None or record.attempt != assignment.attempt or record.worker_id != worker_id:
+            await self.bus.execute(drop)  # a stale copy: the task lives on elsewhere
+            return 0
+        assert raw is not None
+        return int(await self.retry_or_bury(record, raw, reason, extra=drop))
+
+    async def _pause_loop(self) -> None:
+        while True:
+            paused = await self.bus.exists(self.keys.paused)
+            if paused != self._paused:
+                self.set_paused(paused)
+            await self.clock.sleep(self.market.pause_poll_s)
+
+
+def _rejected(at_ms: int, source: str, error: str) -> Event:
+    from ..protocol import MessageRejected
+
+    return MessageRejected(at_ms=at_ms, source=source, error=error[:1000])

@@ -1,0 +1,181 @@
+"""The market end to end through `Kernel`, on MemoryBus and on RedisBus."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from jarvis_kernel.config import Config, MarketConfig
+from jarvis_kernel.kernel import Kernel
+from jarvis_kernel.market.auctioneer import DuplicateTask
+from jarvis_kernel.protocol import (
+    Announce,
+    Assignment,
+    DeadLetter,
+    Task,
+    TaskCompleted,
+    TaskDead,
+    decode,
+    decode_event,
+)
+from tests.support.workers import ScriptedWorker
+
+from .conftest import BusHarness
+
+
+def config(**market: object) -> Config:
+    base = {"window_s": 5.0, "max_rounds": 2, "round_backoff_s": 0.01, "pause_poll_s": 30.0}
+    base.update(market)
+    return Config(market=MarketConfig(**base))  # type: ignore[arg-type]
+
+
+def open_kernel(harness: BusHarness, **market: object) -> Kernel:
+    """A kernel on the harness's bus. Enter it inside the test: its task group lives there."""
+    return Kernel(config(**market), bus=harness.bus, clock=harness.clock)
+
+
+async def start_workers(kernel: Kernel, tg: anyio.abc.TaskGroup, *workers: ScriptedWorker) -> None:
+    for worker in workers:
+        await tg.start(worker.run)
+    await kernel.market.refresh_workers()
+
+
+async def events_of(kernel: Kernel, kind: str) -> list[object]:
+    entries = await kernel.bus.xrange(kernel.keys.events)
+    decoded = [decode_event(e.fields["event"]) for e in entries]
+    return [e for e in decoded if getattr(e, "type", None) == kind or type(e).__name__ == kind]
+
+
+async def test_best_bidder_wins_and_window_closes_early(harness: BusHarness) -> None:
+    async with open_kernel(harness) as kernel:
+        bus, keys, clock = kernel.bus, kernel.keys, kernel.clock
+        weak = ScriptedWorker(bus, keys, clock, "w-weak", score=0.3)
+        strong = ScriptedWorker(bus, keys, clock, "w-strong", score=0.9)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await start_workers(kernel, tg, weak, strong)
+                # The window is 5 s of clock time that nobody advances: only early close ends it.
+                ended = await kernel.run_tasks([Task(task_id="t-1", required_skills=["react"])])
+                tg.cancel_scope.cancel()
+        assert isinstance(ended["t-1"], TaskCompleted)
+        assert ended["t-1"].worker_id == "w-strong"
+        assert [a.task_id for a in strong.ran] == ["t-1"] and weak.ran == []
+        assigned = [e for e in await events_of(kernel, "TaskAssigned")]
+        assert len(assigned) == 1 and assigned[0].score == 0.9 and assigned[0].bids == 2  # type: ignore[attr-defined]
+        assert await bus.hgetall(keys.internal("live")) == {}
+        assert await bus.llen(keys.processing("w-strong")) == 0
+
+
+async def test_never_over_commits_a_worker(harness: BusHarness) -> None:
+    async with open_kernel(harness) as kernel:
+        bus, keys, clock = kernel.bus, kernel.keys, kernel.clock
+        star = ScriptedWorker(bus, keys, clock, "w-star", score=0.99, capacity=1)
+        other = ScriptedWorker(bus, keys, clock, "w-other", score=0.2, capacity=1)
+        star.hold = anyio.Event()  # star keeps its first task in hand
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await start_workers(kernel, tg, star, other)
+                async with kernel.finished_events() as finished:
+                    await kernel.submit(Task(task_id="t-a"))
+                    await kernel.submit(Task(task_id="t-b"))
+                    first = await finished.receive()
+                    star.hold.set()
+                    second = await finished.receive()
+                tg.cancel_scope.cancel()
+        winners = {e.task_id: e.worker_id for e in (first, second)}
+        assert sorted(winners.values()) == ["w-other", "w-star"]
+
+
+async def test_no_bid_rounds_then_fcfs_fallback(harness: BusHarness) -> None:
+    async with open_kernel(harness, window_s=0.05) as kernel:
+        bus, keys = kernel.bus, kernel.keys
+        shy = ScriptedWorker(bus, keys, kernel.clock, "w-shy", score=0.0)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await start_workers(kernel, tg, shy)
+                await kernel.submit(Task(task_id="t-orphan"))
+                while await bus.llen(keys.tasks) == 0:
+                    await harness.advance(0.05)
+                tg.cancel_scope.cancel()
+        rounds = sorted(a.round for a in shy.announces)
+        assert rounds == [1, 2]
+        fallen = decode((await bus.lrange(keys.tasks, 0, -1))[0], Assignment)
+        assert fallen.task_id == "t-orphan" and fallen.attempt == 1
+        assert len(await events_of(kernel, "TaskFallback")) == 1
+
+
+async def test_failures_are_retried_then_dead_lettered(harness: BusHarness) -> None:
+    async with open_kernel(harness) as kernel:
+        bus, keys, clock = kernel.bus, kernel.keys, kernel.clock
+        broken = ScriptedWorker(bus, keys, clock, "w-broken", score=0.8, fail_with="tsc.TS2322")
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await start_workers(kernel, tg, broken)
+                ended = await kernel.run_tasks([Task(task_id="t-doomed", max_attempts=2)])
+                tg.cancel_scope.cancel()
+        assert isinstance(ended["t-doomed"], TaskDead)
+        assert [a.attempt for a in broken.ran] == [1, 2]
+        letters = [decode(raw, DeadLetter) for raw in await bus.lrange(keys.deadletter, 0, -1)]
+        assert len(letters) == 1 and "tsc.TS2322" in letters[0].error
+        assert await bus.hgetall(keys.internal("live")) == {}
+
+
+async def test_duplicate_live_task_is_rejected(harness: BusHarness) -> None:
+    async with open_kernel(harness) as kernel:
+        await kernel.submit(Task(task_id="t-dup"))
+        with pytest.raises(DuplicateTask):
+            await kernel.submit(Task(task_id="t-dup"))
+
+
+async def test_intake_accepts_valid_and_dead_letters_bad(harness: BusHarness) -> None:
+    async with open_kernel(harness) as kernel:
+        bus, keys = kernel.bus, kernel.keys
+        await bus.lpush(keys.intake, b'{"taskId": "bad id/with slash"}')
+        await bus.lpush(keys.intake, b"{not json")
+        await bus.lpush(keys.intake, b'{"taskId": "t-ok", "complexity": 0.3, "futureKey": 1}')
+        with anyio.fail_after(10):
+            while len(await bus.lrange(keys.deadletter, 0, -1)) < 2 or not await bus.hget(
+                keys.internal("live"), "t-ok"
+            ):
+                await harness.settle()
+        letters = [decode(raw, DeadLetter) for raw in await bus.lrange(keys.deadletter, 0, -1)]
+        assert {letter.source for letter in letters} == {keys.intake}
+        errors = " | ".join(letter.error for letter in letters)
+        assert "$.taskId" in errors and "not valid JSON" in errors
+        assert await bus.llen(keys.internal("intake")) == 0
+
+
+async def test_bad_bids_are_ignored_and_counted(harness: BusHarness) -> None:
+    async with open_kernel(harness) as kernel:
+        bus, keys, clock = kernel.bus, kernel.keys, kernel.clock
+        good = ScriptedWorker(bus, keys, clock, "w-good", score=0.6)
+
+        def sabotage(announce: Announce) -> float | None:
+            return None
+
+        mute = ScriptedWorker(bus, keys, clock, "w-mute", score=sabotage)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await start_workers(kernel, tg, good, mute)
+                async with kernel.finished_events() as finished:
+                    await kernel.submit(Task(task_id="t-x"))
+                    while not good.announces:
+                        await harness.settle()
+                    channel = keys.bids("t-x")
+                    await bus.publish(
+                        channel, b'{"taskId":"t-x","round":1,"workerId":"w-mute","score":7}'
+                    )
+                    await bus.publish(
+                        channel, b'{"taskId":"t-x","round":9,"workerId":"w-mute","score":1}'
+                    )
+                    await bus.publish(
+                        channel, b'{"taskId":"t-x","round":1,"workerId":"ghost","score":1}'
+                    )
+                    await bus.publish(
+                        channel, b'{"taskId":"t-x","round":1,"workerId":"w-mute","score":0.0}'
+                    )
+                    ended = await finished.receive()
+                tg.cancel_scope.cancel()
+        assert ended.worker_id == "w-good"
+        ignored = kernel.market.stats.ignored_bids
+        assert ignored["invalid"] == 1 and ignored["round"] == 1 and ignored["unknown_worker"] == 1
