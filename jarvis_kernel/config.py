@@ -44,7 +44,7 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
-class BusConfig(_Section):
+class BusConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     redis_url: str | None = None
     namespace: Annotated[str, msgspec.Meta(pattern=NAMESPACE_PATTERN)] = "jarvis"
     reconnect_timeout_s: Seconds = 30.0
@@ -52,7 +52,7 @@ class BusConfig(_Section):
     events_maxlen: Positive = 100_000
 
 
-class MarketConfig(_Section):
+class MarketConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     window_s: Seconds = 0.5
     early_close: bool = True
     max_rounds: Positive = 3
@@ -61,12 +61,12 @@ class MarketConfig(_Section):
     pause_poll_s: Seconds = 0.25
 
 
-class LivenessConfig(_Section):
+class LivenessConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     heartbeat_s: Seconds = 1.0
     dead_after_s: Seconds = 3.0
 
 
-class ModelSpec(_Section):
+class ModelSpec(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How able a model is (0..1) and how costly it is to run (0..1)."""
 
     capability: Unit
@@ -83,7 +83,7 @@ def _default_models() -> dict[str, ModelSpec]:
     }
 
 
-class ScoringConfig(_Section):
+class ScoringConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     expertise_weight: Unit = 0.6
     context_weight: Unit = 0.15
     capability_weight: Unit = 0.25
@@ -93,7 +93,7 @@ class ScoringConfig(_Section):
     models: dict[str, ModelSpec] = msgspec.field(default_factory=_default_models)
 
 
-class WorkerConfig(_Section):
+class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One `[[workers]]` table: a worker the kernel starts itself."""
 
     id: Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
@@ -107,19 +107,38 @@ class WorkerConfig(_Section):
     options: dict[str, Any] = {}
 
 
-class GuardianConfig(_Section):
+class GuardianConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
     stall_after_s: Seconds = 300.0
     spiral_count: Positive = 3
     rca_model: str = "gemini:pro"
 
 
-class LibrarianConfig(_Section):
+class LibrarianConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The librarian (docs/memory.md): when it runs, what it keeps, how it searches."""
+
     enabled: bool = True
     interval_s: Seconds = 300.0
+    # re-index this long after the last change seen under `.memory/projects/`
+    debounce_s: NonNegSeconds = 1.0
+    # a stale pattern (its file or map vanished) is dropped after this long
+    stale_drop_after_s: NonNegSeconds = 7 * 24 * 3600.0
+    # a context map bigger than this is reported and skipped
+    max_map_bytes: Positive = 64 * 1024 * 1024
+    # a JSON file merged over the shipped taxonomy (jarvis_kernel/data/taxonomy.json)
+    taxonomy_path: str | None = None
+    # extra keywords per capability, e.g. {"payments": ["mollie"]}
+    capabilities: dict[str, list[str]] = {}
+    search_mode: Literal["keyword", "expanded", "fused"] = "expanded"
+    # at most this many matches of a query are ranked (bm25 costs ~1-4 us a row)
+    max_candidates: Positive = 500
+    # the index file, relative to the memory directory
+    index_file: str = "librarian.sqlite"
+    # how long a reply to a search over the bus is kept for the asker
+    reply_ttl_s: Seconds = 60.0
 
 
-class Config(_Section):
+class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the kernel needs to start."""
 
     bus: BusConfig = BusConfig()

@@ -77,7 +77,7 @@ class _Message(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
 # --------------------------------------------------------------------------- tasks
 
 
-class Task(_Message, kw_only=True):
+class Task(_Message, frozen=True, kw_only=True):
     """A unit of work, as producers submit it (``LPUSH <ns>:intake``)."""
 
     task_id: Id
@@ -93,7 +93,7 @@ class Task(_Message, kw_only=True):
     payload: dict[str, Any] = {}
 
 
-class Assignment(Task, kw_only=True):
+class Assignment(Task, frozen=True, kw_only=True):
     """A task as it lies on a worker's queue: the task plus the attempt it is."""
 
     attempt: PositiveInt = 1
@@ -103,7 +103,7 @@ class Assignment(Task, kw_only=True):
 # --------------------------------------------------------------------------- market
 
 
-class Announce(_Message, kw_only=True, tag_field="type", tag="announce"):
+class Announce(_Message, frozen=True, kw_only=True, tag_field="type", tag="announce"):
     """Published on ``<ns>:market`` to open an auction round."""
 
     task_id: Id
@@ -116,7 +116,7 @@ class Announce(_Message, kw_only=True, tag_field="type", tag="announce"):
     closes_at_ms: NonNegInt
 
 
-class Bid(_Message, kw_only=True):
+class Bid(_Message, frozen=True, kw_only=True):
     """A worker's answer to an announcement, on ``<ns>:bids:<taskId>``. Score 0 refuses."""
 
     task_id: Id
@@ -128,7 +128,7 @@ class Bid(_Message, kw_only=True):
     capacity: PositiveInt = 1
 
 
-class WorkerInfo(_Message, kw_only=True):
+class WorkerInfo(_Message, frozen=True, kw_only=True):
     """What a worker says of itself in ``HSET <ns>:workers <workerId>``."""
 
     worker_id: Id
@@ -138,13 +138,13 @@ class WorkerInfo(_Message, kw_only=True):
     version: str = ""
 
 
-class Control(_Message, kw_only=True):
+class Control(_Message, frozen=True, kw_only=True):
     """A command on ``<ns>:control:<workerId>``."""
 
     command: Literal["dump", "pause", "resume", "stop"]
 
 
-class PauseInfo(_Message, kw_only=True):
+class PauseInfo(_Message, frozen=True, kw_only=True):
     """The value of ``<ns>:swarm:paused`` while the swarm is paused."""
 
     reason: str
@@ -152,7 +152,7 @@ class PauseInfo(_Message, kw_only=True):
     by: str = ""
 
 
-class DeadLetter(_Message, kw_only=True):
+class DeadLetter(_Message, frozen=True, kw_only=True):
     """An entry of ``<ns>:deadletter``: a rejected payload, or a task out of attempts."""
 
     source: str
@@ -164,7 +164,7 @@ class DeadLetter(_Message, kw_only=True):
 # --------------------------------------------------------------------------- events
 
 
-class Event(_Message, kw_only=True, tag_field="type"):
+class Event(_Message, frozen=True, kw_only=True, tag_field="type"):
     """Base of every event written to ``<ns>:events``."""
 
     at_ms: NonNegInt
@@ -172,19 +172,19 @@ class Event(_Message, kw_only=True, tag_field="type"):
     worker_id: Id | None = None
 
 
-class TaskSubmitted(Event, kw_only=True, tag="task.submitted"):
+class TaskSubmitted(Event, frozen=True, kw_only=True, tag="task.submitted"):
     priority: int = 0
     description: str = ""
 
 
-class TaskAnnounced(Event, kw_only=True, tag="task.announced"):
+class TaskAnnounced(Event, frozen=True, kw_only=True, tag="task.announced"):
     round: PositiveInt = 1
     attempt: PositiveInt = 1
     eligible: NonNegInt = 0
     closes_at_ms: NonNegInt = 0
 
 
-class TaskAssigned(Event, kw_only=True, tag="task.assigned"):
+class TaskAssigned(Event, frozen=True, kw_only=True, tag="task.assigned"):
     score: Unit = 0.0
     round: PositiveInt = 1
     attempt: PositiveInt = 1
@@ -192,16 +192,16 @@ class TaskAssigned(Event, kw_only=True, tag="task.assigned"):
     bids: NonNegInt = 0
 
 
-class TaskFallback(Event, kw_only=True, tag="task.fallback"):
+class TaskFallback(Event, frozen=True, kw_only=True, tag="task.fallback"):
     round: PositiveInt = 1
     attempt: PositiveInt = 1
 
 
-class TaskStarted(Event, kw_only=True, tag="task.started"):
+class TaskStarted(Event, frozen=True, kw_only=True, tag="task.started"):
     attempt: PositiveInt = 1
 
 
-class TaskProgress(Event, kw_only=True, tag="task.progress"):
+class TaskProgress(Event, frozen=True, kw_only=True, tag="task.progress"):
     token_usage: NonNegInt = 0
     note: str = ""
     attempt: PositiveInt = 1
@@ -213,7 +213,7 @@ def _check_result_size(result: Any) -> None:
         raise ValueError(f"`$.result` is {size} bytes encoded; at most {MAX_RESULT_BYTES}")
 
 
-class TaskCompleted(Event, kw_only=True, tag="task.completed"):
+class TaskCompleted(Event, frozen=True, kw_only=True, tag="task.completed"):
     result: Any = None
     token_usage: NonNegInt = 0
     attempt: PositiveInt = 1
@@ -222,63 +222,63 @@ class TaskCompleted(Event, kw_only=True, tag="task.completed"):
         _check_result_size(self.result)
 
 
-class TaskFailed(Event, kw_only=True, tag="task.failed"):
+class TaskFailed(Event, frozen=True, kw_only=True, tag="task.failed"):
     error_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     error: str = ""
     attempt: PositiveInt = 1
 
 
-class TaskRequeued(Event, kw_only=True, tag="task.requeued"):
+class TaskRequeued(Event, frozen=True, kw_only=True, tag="task.requeued"):
     attempt: PositiveInt = 1
     reason: str = ""
 
 
-class TaskStalled(Event, kw_only=True, tag="task.stalled"):
+class TaskStalled(Event, frozen=True, kw_only=True, tag="task.stalled"):
     attempt: PositiveInt = 1
     reason: str = ""
     idle_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
 
-class TaskDead(Event, kw_only=True, tag="task.dead"):
+class TaskDead(Event, frozen=True, kw_only=True, tag="task.dead"):
     attempts: NonNegInt = 0
     reason: str = ""
 
 
-class WorkerStarted(Event, kw_only=True, tag="worker.started"):
+class WorkerStarted(Event, frozen=True, kw_only=True, tag="worker.started"):
     model: str = ""
     capacity: PositiveInt = 1
 
 
-class WorkerStopped(Event, kw_only=True, tag="worker.stopped"):
+class WorkerStopped(Event, frozen=True, kw_only=True, tag="worker.stopped"):
     reason: str = ""
 
 
-class WorkerState(Event, kw_only=True, tag="worker.state"):
+class WorkerState(Event, frozen=True, kw_only=True, tag="worker.state"):
     state: dict[str, Any] = {}
 
 
-class GuardianIntervention(Event, kw_only=True, tag="guardian.intervention"):
+class GuardianIntervention(Event, frozen=True, kw_only=True, tag="guardian.intervention"):
     level: Annotated[int, msgspec.Meta(ge=1, le=3)]
     action: str
     reason: str
     incident_id: str = ""
 
 
-class SwarmPaused(Event, kw_only=True, tag="swarm.paused"):
+class SwarmPaused(Event, frozen=True, kw_only=True, tag="swarm.paused"):
     reason: str = ""
 
 
-class SwarmResumed(Event, kw_only=True, tag="swarm.resumed"):
+class SwarmResumed(Event, frozen=True, kw_only=True, tag="swarm.resumed"):
     reason: str = ""
 
 
-class FileReverted(Event, kw_only=True, tag="file.reverted"):
+class FileReverted(Event, frozen=True, kw_only=True, tag="file.reverted"):
     path: str
     incident_id: str = ""
     quarantine_path: str = ""
 
 
-class MessageRejected(Event, kw_only=True, tag="message.rejected"):
+class MessageRejected(Event, frozen=True, kw_only=True, tag="message.rejected"):
     source: str
     error: str
 
@@ -306,7 +306,7 @@ AnyEvent = (
 )
 
 
-class GenericEvent(_Message, kw_only=True):
+class GenericEvent(_Message, frozen=True, kw_only=True):
     """An event of a type this version does not know: kept, not rejected (forward compat)."""
 
     type: str

@@ -59,6 +59,7 @@ class RedisServer:
         self.start_timeout_s = start_timeout_s
         self._dir = tempfile.TemporaryDirectory(prefix="jarvis-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -98,7 +99,8 @@ class RedisServer:
                     ready.set()
             ready.set()  # EOF: the process ended
 
-        threading.Thread(target=read, daemon=True).start()
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
         if not ready.wait(self.start_timeout_s) or proc.poll() is not None:
             self.stop()
             tail = "\n".join(lines[-10:])
@@ -108,17 +110,22 @@ class RedisServer:
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server (SIGTERM, which saves the AOF; SIGKILL with `kill`)."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        if kill:
-            proc.kill()
-        else:
-            proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            if kill:
+                proc.kill()
+            else:
+                proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)  # it ends at EOF, once the process is gone
+        if proc.stdout is not None:
+            proc.stdout.close()
 
     def restart(self) -> None:
         self.stop()
