@@ -16,6 +16,7 @@ from .errors import (
     ProtocolError,
     RuntimeUnavailable,
 )
+from .kernel import Kernel
 from .protocol import Keys, Task
 
 try:
@@ -32,6 +33,7 @@ __all__ = [
     "ExecutorError",
     "FakeClock",
     "JarvisError",
+    "Kernel",
     "Keys",
     "MemoryFormatError",
     "ProtocolError",

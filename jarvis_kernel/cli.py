@@ -8,16 +8,125 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+import anyio
 
 from . import __version__
 from .errors import JarvisError
 
 # Modules whose `register(subparsers)` adds subcommands, in the order --help lists them.
 _COMMAND_MODULES = (
+    "jarvis_kernel.cli",
     "jarvis_kernel.librarian.cli",
 )
+
+
+def register(subparsers: Any) -> None:
+    """The kernel's own subcommands."""
+    run = subparsers.add_parser("run", help="run the kernel and its workers")
+    run.add_argument("--config", help="TOML file (see examples/)")
+    run.add_argument("--redis", help="Redis URL (default: in-memory bus)")
+    run.add_argument("--namespace", help="key namespace (default: jarvis)")
+    run.add_argument("--no-workers", action="store_true", help="serve foreign workers only")
+    run.add_argument("--demo", action="store_true", help="a small swarm on the embedded default")
+    run.add_argument("--demo-tasks", type=int, default=40, help="tasks the demo submits")
+    run.add_argument("--duration-s", type=float, default=None,
+                     help="stop after this long (the demo spreads its tasks over it; default 15)")
+    run.add_argument("--log-format", choices=["rich", "plain", "json"], default=None)
+    run.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    run.set_defaults(handler=_cmd_run)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    found = {"bus.redis_url": getattr(args, "redis", None), "bus.namespace": getattr(args, "namespace", None),
+             "log_format": getattr(args, "log_format", None)}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .demo import demo_config
+
+    if args.demo:
+        base = demo_config()
+        cfg = load_config(args.config, overrides=_overrides(args)) if args.config else None
+        config = cfg or base
+        if cfg is None and _overrides(args):
+            import msgspec
+
+            config = msgspec.convert({**msgspec.to_builtins(base), **_nested(_overrides(args))}, type(base))
+    else:
+        config = load_config(args.config, overrides=_overrides(args))
+    anyio.run(_run, config, args)
+    return 0
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+async def _run(config: Any, args: argparse.Namespace) -> None:
+    import logging
+
+    from rich.console import Console
+
+    from . import runcmd
+    from .kernel import Kernel
+    from .view import SwarmView
+
+    console = Console(stderr=False)
+    live_ui = config.log_format == "rich" and console.is_terminal and not args.json
+    fmt = "plain" if config.log_format == "rich" else config.log_format
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    view = SwarmView()
+
+    def on_event(event: Any) -> None:
+        line = None if live_ui or args.json else runcmd.log_line(event, fmt)
+        if line:
+            print(line, flush=True)
+
+    duration = args.duration_s if args.duration_s is not None else (15.0 if args.demo else None)
+    async with Kernel.from_config(config, start_workers=not args.no_workers) as kernel:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            tg.start_soon(runcmd.follow_events, kernel.bus, kernel.keys, view, on_event)
+            if live_ui:
+                tg.start_soon(_live, console, view, kernel)
+            if args.demo:
+                await runcmd.feed_demo(kernel, count=args.demo_tasks, over_s=duration or 15.0)
+                tg.cancel_scope.cancel()
+            elif duration is not None:
+                await anyio.sleep(duration)
+                tg.cancel_scope.cancel()
+    # Fold in what happened during the drain, then the summary.
+    runcmd.show(console, view, kernel, args.json)
+
+
+async def _live(console: Any, view: Any, kernel: Any) -> None:
+    from . import runcmd
+
+    with runcmd.Live(runcmd.render(view, kernel), console=console, refresh_per_second=4) as live:
+        while True:
+            await anyio.sleep(0.25)
+            live.update(runcmd.render(view, kernel))
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jarvis-kernel {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
+        if name == __name__ or name == "jarvis_kernel.cli":
+            register(subparsers)
+            continue
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

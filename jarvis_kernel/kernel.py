@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -24,9 +25,10 @@ import msgspec
 from .bus import Bus
 from .clock import Clock, SystemClock
 from .config import Config
+from .errors import ConfigError
 from .market.auctioneer import Auctioneer
-from .protocol import Event, Keys, PauseInfo, SwarmPaused, SwarmResumed, Task, encode
 from .market.records import event_fields
+from .protocol import Event, Keys, PauseInfo, SwarmPaused, SwarmResumed, Task, encode
 
 __all__ = ["Kernel"]
 
@@ -42,17 +44,18 @@ class Kernel:
         *,
         bus: Bus | None = None,
         clock: Clock | None = None,
-        runtime: Any | None = None,
+        runtimes: Mapping[str, Any] | None = None,
         start_workers: bool = True,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.keys = Keys(config.bus.namespace)
         self._bus = bus
-        self.runtime = runtime
+        self.runtimes: dict[str, Any] = dict(runtimes or {})
         self.start_workers = start_workers
         self._stack = AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._entered: set[str] = set()
         self.auctioneer: Auctioneer | None = None
 
     @classmethod
@@ -87,28 +90,79 @@ class Kernel:
             from .bus import open_bus  # type: ignore[attr-defined]
 
             self._bus = await self._stack.enter_async_context(
-                open_bus(cfg.bus.redis_url, clock=self.clock,
-                         reconnect_timeout_s=cfg.bus.reconnect_timeout_s,
-                         backoff_max_s=cfg.bus.reconnect_backoff_max_s)
+                open_bus(
+                    cfg.bus.redis_url,
+                    clock=self.clock,
+                    reconnect_timeout_s=cfg.bus.reconnect_timeout_s,
+                    backoff_max_s=cfg.bus.reconnect_backoff_max_s,
+                )
             )
-        self.auctioneer = Auctioneer(bus=self._bus, keys=self.keys, clock=self.clock,
-                                     market=cfg.market, liveness=cfg.liveness,
-                                     events_maxlen=cfg.bus.events_maxlen)
+        self.auctioneer = Auctioneer(
+            bus=self._bus,
+            keys=self.keys,
+            clock=self.clock,
+            market=cfg.market,
+            liveness=cfg.liveness,
+            events_maxlen=cfg.bus.events_maxlen,
+        )
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         self._stack.push_async_callback(self._cancel)
         await self._tg.start(self.auctioneer.run)
-        if self.runtime is not None:
-            await self._stack.enter_async_context(self.runtime)
+        if self.start_workers and cfg.workers:
             self._stack.push_async_callback(self._stop_workers)
-            if self.start_workers:
-                for spec in cfg.workers:
-                    await self.runtime.start(spec)
+            for spec in cfg.workers:
+                runtime = await self._runtime(spec.runtime)
+                await runtime.start(spec)
+
+    async def _runtime(self, kind: str) -> Any:
+        """The runtime of `kind`, built and entered on first use."""
+        if kind not in self.runtimes:
+            self.runtimes[kind] = self._build_runtime(kind)
+        runtime = self.runtimes[kind]
+        if kind not in self._entered:
+            await self._stack.enter_async_context(runtime)
+            self._entered.add(kind)
+        return runtime
+
+    def _build_runtime(self, kind: str) -> Any:
+        cfg = self.config
+        if kind == "inline":
+            from .runtime.inline import InlineRuntime
+
+            return InlineRuntime(
+                bus=self.bus,
+                keys=self.keys,
+                clock=self.clock,
+                scoring=cfg.scoring,
+                liveness=cfg.liveness,
+                memory_dir=Path(cfg.memory_dir),
+                events_maxlen=cfg.bus.events_maxlen,
+            )
+        if kind == "process":
+            if not cfg.bus.redis_url:
+                raise ConfigError(
+                    "runtime 'process' needs a Redis bus: set bus.redis_url "
+                    "(or --redis / JARVIS_REDIS_URL)",
+                    key="workers.runtime",
+                )
+            from .runtime.process import ProcessRuntime
+
+            return ProcessRuntime(
+                redis_url=cfg.bus.redis_url,
+                namespace=cfg.bus.namespace,
+                memory_dir=Path(cfg.memory_dir),
+            )
+        raise ConfigError(
+            f"runtime {kind!r} is not available in this version", key="workers.runtime"
+        )
 
     async def _stop_workers(self) -> None:
-        assert self.runtime is not None
-        with anyio.move_on_after(self.config.liveness.dead_after_s * 3, shield=True):
-            for worker_id in list(self.runtime.workers()):
-                await self.runtime.stop(worker_id, grace_s=self.config.liveness.dead_after_s * 2)
+        grace = self.config.liveness.dead_after_s * 2
+        with anyio.move_on_after(grace + 2, shield=True):
+            async with anyio.create_task_group() as tg:
+                for runtime in self.runtimes.values():
+                    for worker_id in list(runtime.workers()):
+                        tg.start_soon(lambda r=runtime, w=worker_id: r.stop(w, grace_s=grace))
 
     async def _cancel(self) -> None:
         """Drain: no new auction; those open finish; then the services stop."""
@@ -176,7 +230,9 @@ class Kernel:
         self.market.set_paused(False)
 
     async def _event(self, event: Event) -> None:
-        await self.bus.xadd(self.keys.events, event_fields(event), maxlen=self.config.bus.events_maxlen)
+        await self.bus.xadd(
+            self.keys.events, event_fields(event), maxlen=self.config.bus.events_maxlen
+        )
 
     def stats(self) -> dict[str, Any]:
         market = self.market
@@ -189,7 +245,9 @@ class Kernel:
         }
 
 
-async def _collect(events: anyio.abc.ObjectReceiveStream[Event], wanted: set[str]) -> dict[str, Event]:
+async def _collect(
+    events: anyio.abc.ObjectReceiveStream[Event], wanted: set[str]
+) -> dict[str, Event]:
     done: dict[str, Event] = {}
     async for event in events:
         if event.task_id in wanted:

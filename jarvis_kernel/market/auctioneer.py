@@ -305,15 +305,18 @@ class Auctioneer:
         if raw is None:
             return
         record = decode(raw, TaskRecord)
-        first = max(1, record.round if record.state == "auctioning" else 1)
-        for round_ in range(first, self.market.max_rounds + 1):
+        # An auction interrupted by a restart goes on at the next round: workers answer each
+        # (task, round) once, so the same round again would only meet silence.
+        first = record.round + 1 if record.state == "auctioning" else 1
+        last = max(self.market.max_rounds, first)
+        for round_ in range(first, last + 1):
             outcome = await self._round(record, raw, round_)
             if outcome is None:
                 return  # awarded, or the record changed under us
             record, raw = outcome
             if self._draining:
                 return
-            if round_ < self.market.max_rounds:
+            if round_ < last:
                 await self.clock.sleep(self.market.round_backoff_s * 2 ** (round_ - 1))
         await self._fallback(record, raw)
 
