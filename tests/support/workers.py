@@ -39,11 +39,13 @@ class ScriptedWorker:
         capacity: int = 1,
         model: str = "gemini:flash",
         fail_with: str | None = None,
+        heartbeat_s: float = 1.0,
     ) -> None:
         self.bus, self.keys, self.clock = bus, keys, clock
         self.worker_id, self.capacity, self.model = worker_id, capacity, model
         self.score = score
         self.fail_with = fail_with
+        self.heartbeat_s = heartbeat_s
         self.announces: list[Announce] = []
         self.ran: list[Assignment] = []
         self.hold = anyio.Event()  # set to let tasks finish; set at start unless held
@@ -62,6 +64,7 @@ class ScriptedWorker:
         async with self.bus.subscribe(channels=[self.keys.market]) as sub:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._take_loop)
+                tg.start_soon(self._heartbeat_loop)
                 task_status.started()
                 async for message in sub:
                     announce = decode(message.data, Announce)
@@ -73,6 +76,11 @@ class ScriptedWorker:
                               worker_id=self.worker_id, score=score, model=self.model,
                               load=0, capacity=self.capacity)
                     await self.bus.publish(self.keys.bids(announce.task_id), encode(bid))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.heartbeat_s)
+            await self.heartbeat()
 
     async def _take_loop(self) -> None:
         queue, processing = self.keys.tasks_for(self.worker_id), self.keys.processing(self.worker_id)

@@ -1,0 +1,78 @@
+"""`WorkerRuntime`: how the kernel starts, stops and inspects the workers it owns.
+
+Every runtime (``inline``: tasks in the kernel; ``process``: one subprocess per worker;
+``docker`` later) is an async context manager that owns its workers: leaving it stops every
+one still running (gracefully, then by force). Within it::
+
+    await runtime.start(spec)                 # returns once the worker is up
+    await runtime.signal(worker_id, SIGUSR1)  # a state dump
+    await runtime.stop(worker_id, grace_s=5)  # drain, then force after grace_s
+    await runtime.kill(worker_id)             # no drain: as a crash would
+    await runtime.restart(worker_id)          # stop + start, restarts + 1
+    runtime.status(worker_id)                 # -> RuntimeStatus (a value, never raises)
+
+Asking about a worker the runtime never started gives ``state="unknown"``; starting one
+that is running raises `RuntimeUnavailable`. A worker that exits is an outcome (its status),
+not an exception.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Literal, Protocol
+
+import msgspec
+
+from ..config import WorkerConfig
+
+__all__ = ["RuntimeState", "RuntimeStatus", "WorkerRuntime"]
+
+RuntimeState = Literal["starting", "running", "exited", "unknown"]
+
+
+class RuntimeStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """What a runtime knows of one worker.
+
+    `ident` is the pid, container id or (inline) task name; `exit_code` is set once exited
+    (0 clean, negative: killed by that signal, as `subprocess` reports it); `started_at` is
+    ``time.time()`` of the last start; `log_tail` the last lines the worker printed.
+    """
+
+    worker_id: str
+    state: RuntimeState
+    ident: str | None = None
+    exit_code: int | None = None
+    started_at: float | None = None
+    restarts: int = 0
+    error: str | None = None
+    log_tail: tuple[str, ...] = ()
+
+
+class WorkerRuntime(AbstractAsyncContextManager["WorkerRuntime"], Protocol):
+    """Starts and stops workers. See the module docstring."""
+
+    async def start(self, spec: WorkerConfig) -> None:
+        """Start the worker `spec` describes; return once it is registered (or has started)."""
+        ...
+
+    async def stop(self, worker_id: str, *, grace_s: float) -> None:
+        """Ask the worker to drain and exit; force it after `grace_s` seconds."""
+        ...
+
+    async def kill(self, worker_id: str) -> None:
+        """End the worker at once, without a drain."""
+        ...
+
+    async def signal(self, worker_id: str, signum: int) -> None:
+        """Deliver `signum` (SIGUSR1: dump state; SIGTERM/SIGINT: drain; SIGKILL: kill)."""
+        ...
+
+    async def restart(self, worker_id: str) -> None:
+        """Stop (with the runtime's default grace) and start again with the same spec."""
+        ...
+
+    def status(self, worker_id: str) -> RuntimeStatus: ...
+
+    def workers(self) -> list[str]:
+        """Ids of the workers this runtime has started and that are still running."""
+        ...

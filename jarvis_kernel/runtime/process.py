@@ -1,0 +1,267 @@
+"""`ProcessRuntime`: one ``python -m jarvis_kernel worker`` subprocess per worker, over Redis.
+
+`start` spawns the worker (in its own session, so a Ctrl-C meant for the kernel does not
+reach it directly) and returns once it prints its ready line, i.e. once it is registered and
+listening. `stop` sends SIGTERM (the worker drains and deregisters), waits `grace_s`, then
+SIGKILLs. Each child's stdout and stderr are read all the time, so its pipes never fill; the
+last lines are kept for `status` (``log_tail``). Grace and start timeouts are real seconds:
+a subprocess does not follow the kernel's clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal as signals
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+import anyio.abc
+from anyio.streams.text import TextReceiveStream
+
+from ..config import WorkerConfig
+from ..errors import RuntimeUnavailable
+from ..worker.cli import READY_LINE
+from .base import RuntimeState, RuntimeStatus
+
+__all__ = ["ProcessRuntime", "worker_argv"]
+
+log = logging.getLogger(__name__)
+
+
+def worker_argv(
+    spec: WorkerConfig,
+    *,
+    python: str,
+    redis_url: str,
+    namespace: str,
+    memory_dir: Path | None,
+    heartbeat_s: float | None,
+) -> list[str]:
+    """The command line that runs `spec` as a worker process."""
+    argv = [python, "-m", "jarvis_kernel", "worker", "--id", spec.id, "--model", spec.model]
+    argv += ["--capacity", str(spec.capacity), "--executor", spec.executor]
+    argv += ["--redis", redis_url, "--namespace", namespace, "--fail-rate", str(spec.fail_rate)]
+    if spec.expertise:
+        argv += ["--skills", ",".join(f"{k}={v}" for k, v in sorted(spec.expertise.items()))]
+    if spec.duration_s is not None:
+        argv += ["--duration-s", str(spec.duration_s)]
+    if memory_dir is not None:
+        argv += ["--memory", str(memory_dir)]
+    if heartbeat_s is not None:
+        argv += ["--heartbeat-s", str(heartbeat_s)]
+    if isinstance(spec.options.get("seed"), int):
+        argv += ["--seed", str(spec.options["seed"])]
+    return argv
+
+
+class _Child:
+    def __init__(self, spec: WorkerConfig, process: anyio.abc.Process, restarts: int) -> None:
+        self.spec = spec
+        self.process = process
+        self.restarts = restarts
+        self.started_at = time.time()
+        self.ready = anyio.Event()
+        self.done = anyio.Event()
+        self.lines: collections.deque[str] = collections.deque(maxlen=200)
+
+    @property
+    def state(self) -> RuntimeState:
+        if self.done.is_set():
+            return "exited"
+        return "running" if self.ready.is_set() else "starting"
+
+
+class ProcessRuntime:
+    """Workers as child processes. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        namespace: str = "jarvis",
+        memory_dir: Path | None = None,
+        python: str = sys.executable,
+        heartbeat_s: float | None = None,
+        default_grace_s: float = 5.0,
+        start_timeout_s: float = 30.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self._redis_url = redis_url
+        self._namespace = namespace
+        self._memory_dir = memory_dir
+        self._python = python
+        self._heartbeat_s = heartbeat_s
+        self._default_grace_s = default_grace_s
+        self._start_timeout_s = start_timeout_s
+        self._env = env
+        self._children: dict[str, _Child] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # ------------------------------------------------------------------ context
+
+    async def __aenter__(self) -> ProcessRuntime:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        return self
+
+    async def __aexit__(
+        self,
+        et: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg, self._tg = self._tg, None
+        assert tg is not None, "ProcessRuntime exited without being entered"
+        with anyio.move_on_after(self._default_grace_s + 2, shield=True):
+            async with anyio.create_task_group() as stopping:
+                for worker_id in self.workers():
+                    stopping.start_soon(self._stop_default, worker_id)
+        for child in self._children.values():
+            if not child.done.is_set():
+                child.process.kill()
+        tg.cancel_scope.cancel()
+        return await tg.__aexit__(et, exc, tb)
+
+    async def _stop_default(self, worker_id: str) -> None:
+        await self.stop(worker_id, grace_s=self._default_grace_s)
+
+    # ------------------------------------------------------------------ WorkerRuntime
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ if self._env is None else self._env)
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding jarvis_kernel
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    async def start(self, spec: WorkerConfig) -> None:
+        if self._tg is None:
+            raise RuntimeUnavailable("ProcessRuntime is not entered (use `async with`)")
+        old = self._children.get(spec.id)
+        if old is not None and not old.done.is_set():
+            raise RuntimeUnavailable(f"worker {spec.id!r} is already running")
+        argv = worker_argv(
+            spec,
+            python=self._python,
+            redis_url=self._redis_url,
+            namespace=self._namespace,
+            memory_dir=self._memory_dir,
+            heartbeat_s=self._heartbeat_s,
+        )
+        try:
+            process = await anyio.open_process(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=self._child_env(),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise RuntimeUnavailable(f"cannot start worker {spec.id!r}: {exc}") from exc
+        child = _Child(spec, process, restarts=0 if old is None else old.restarts)
+        self._children[spec.id] = child
+        self._tg.start_soon(self._watch, child)
+        await self._await_ready(child)
+
+    async def _await_ready(self, child: _Child) -> None:
+        with anyio.move_on_after(self._start_timeout_s):
+            async with anyio.create_task_group() as tg:
+
+                async def first(event: anyio.Event) -> None:
+                    await event.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(first, child.ready)
+                tg.start_soon(first, child.done)
+        if child.ready.is_set():
+            return
+        if not child.done.is_set():
+            await self.kill(child.spec.id)
+            why = f"not ready within {self._start_timeout_s:g} s"
+        else:
+            why = f"exited with code {child.process.returncode}"
+        tail = "\n".join(list(child.lines)[-20:])
+        raise RuntimeUnavailable(f"worker {child.spec.id!r} {why}; its last output:\n{tail}")
+
+    async def _watch(self, child: _Child) -> None:
+        """Read the child's output until EOF, then reap it."""
+        ready = f"{READY_LINE} {child.spec.id}"
+        process, partial = child.process, ""
+        try:
+            assert process.stdout is not None
+            async for chunk in TextReceiveStream(process.stdout, errors="replace"):
+                *lines, partial = (partial + chunk).split("\n")
+                for line in lines:
+                    child.lines.append(line)
+                    if line.strip() == ready:
+                        child.ready.set()
+            if partial:
+                child.lines.append(partial)
+            await process.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                await process.aclose()
+            child.done.set()
+            log.info("worker %s exited with code %s", child.spec.id, process.returncode)
+
+    async def stop(self, worker_id: str, *, grace_s: float) -> None:
+        child = self._children.get(worker_id)
+        if child is None or child.done.is_set():
+            return
+        child.process.terminate()
+        with anyio.move_on_after(grace_s):
+            await child.done.wait()
+        if not child.done.is_set():
+            log.warning("worker %s did not drain within %s s: killed", worker_id, grace_s)
+            await self.kill(worker_id)
+
+    async def kill(self, worker_id: str) -> None:
+        child = self._children.get(worker_id)
+        if child is None or child.done.is_set():
+            return
+        child.process.kill()
+        await child.done.wait()
+
+    async def signal(self, worker_id: str, signum: int) -> None:
+        child = self._children.get(worker_id)
+        if child is None or child.done.is_set():
+            raise RuntimeUnavailable(f"worker {worker_id!r} is not running")
+        if signum == signals.SIGKILL:
+            await self.kill(worker_id)
+        else:
+            child.process.send_signal(signals.Signals(signum))
+
+    async def restart(self, worker_id: str) -> None:
+        child = self._children.get(worker_id)
+        if child is None:
+            raise RuntimeUnavailable(f"worker {worker_id!r} was never started here")
+        await self.stop(worker_id, grace_s=self._default_grace_s)
+        child.restarts += 1
+        await self.start(child.spec)
+
+    def status(self, worker_id: str) -> RuntimeStatus:
+        child = self._children.get(worker_id)
+        if child is None:
+            return RuntimeStatus(worker_id=worker_id, state="unknown")
+        return RuntimeStatus(
+            worker_id=worker_id,
+            state=child.state,
+            ident=str(child.process.pid),
+            exit_code=child.process.returncode if child.done.is_set() else None,
+            started_at=child.started_at,
+            restarts=child.restarts,
+            log_tail=tuple(child.lines),
+        )
+
+    def workers(self) -> list[str]:
+        return sorted(w for w, c in self._children.items() if not c.done.is_set())

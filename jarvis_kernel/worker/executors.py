@@ -1,0 +1,167 @@
+"""Executors: what actually does a task once a worker has it.
+
+An `Executor` gets the `Assignment` and an `ExecutionContext` (clock, progress reporting,
+how well this worker fits the task) and returns an `Outcome` value: `Completed` or
+`Failed`. A task failing is an outcome, not an exception; an executor that raises is
+reported by the worker as ``executor.error``, one that overruns ``timeoutS`` as
+``executor.timeout``.
+
+`make_executor` builds one from a `WorkerConfig`; only ``sim`` exists so far, the others
+(``command``, ``python``, ``llm``) are named in the config and come later: asking for one
+raises `ExecutorError`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import msgspec
+
+from ..clock import Clock
+from ..config import WorkerConfig
+from ..errors import ExecutorError
+from ..protocol import Assignment
+
+__all__ = [
+    "Completed",
+    "ExecutionContext",
+    "Executor",
+    "Failed",
+    "Outcome",
+    "SimExecutor",
+    "make_executor",
+]
+
+
+class Completed(msgspec.Struct, frozen=True, kw_only=True):
+    """The task is done. `result` must encode to at most 64 KiB of JSON."""
+
+    result: Any = None
+    token_usage: int = 0
+
+
+class Failed(msgspec.Struct, frozen=True, kw_only=True):
+    """The task failed; `error_key` is stable and short (``tsc.TS2322``, ``sim.failed``)."""
+
+    error_key: str
+    error: str = ""
+
+
+Outcome = Completed | Failed
+
+ProgressFn = Callable[[int, str], Awaitable[None]]
+
+
+class ExecutionContext:
+    """What an executor may use while it runs one task."""
+
+    def __init__(self, *, worker_id: str, clock: Clock, fit: float, progress: ProgressFn) -> None:
+        self.worker_id = worker_id
+        self.clock = clock
+        self.fit = fit
+        """How well this worker suits the task, in [0, 1] (`scoring.task_fit`)."""
+        self._progress = progress
+        self.token_usage = 0
+        """Tokens reported so far through `progress`."""
+
+    async def progress(self, token_usage: int, note: str = "") -> None:
+        """Report tokens used since the previous report (a ``task.progress`` event)."""
+        usage = max(0, int(token_usage))
+        self.token_usage += usage
+        await self._progress(usage, note)
+
+
+class Executor(Protocol):
+    """Runs one task. Must honour cancellation (the worker cancels on timeout or kill)."""
+
+    async def run(self, task: Assignment, ctx: ExecutionContext) -> Outcome: ...
+
+
+class SimExecutor:
+    """A pretend agent for demos, tests and benchmarks.
+
+    - duration: `duration_s` if given, else ``base_s * (0.5 + complexity)``, slept on
+      ``ctx.clock`` in `steps` equal steps, each reporting token usage as progress;
+    - tokens: about ``tokens_base + tokens_per_complexity * complexity`` in all;
+    - success with probability ``base_success + (1 - base_success) * ctx.fit - fail_rate``
+      (clamped to [0, 1]); a failure is ``sim.failed``.
+
+    Randomness comes from this executor's own seeded `random.Random`.
+    """
+
+    def __init__(
+        self,
+        *,
+        duration_s: float | None = None,
+        fail_rate: float = 0.0,
+        seed: int | None = None,
+        base_s: float = 2.0,
+        steps: int = 4,
+        base_success: float = 0.6,
+        tokens_base: int = 500,
+        tokens_per_complexity: int = 4000,
+    ) -> None:
+        self.duration_s = duration_s
+        self.fail_rate = fail_rate
+        self.base_s = base_s
+        self.steps = max(1, steps)
+        self.base_success = base_success
+        self.tokens_base = tokens_base
+        self.tokens_per_complexity = tokens_per_complexity
+        self._rng = random.Random(seed)
+
+    def duration_for(self, task: Assignment) -> float:
+        if self.duration_s is not None:
+            return max(0.0, self.duration_s)
+        return self.base_s * (0.5 + task.complexity)
+
+    def success_probability(self, fit: float) -> float:
+        p = self.base_success + (1.0 - self.base_success) * fit - self.fail_rate
+        return min(1.0, max(0.0, p))
+
+    async def run(self, task: Assignment, ctx: ExecutionContext) -> Outcome:
+        step_s = self.duration_for(task) / self.steps
+        total = self.tokens_base + self.tokens_per_complexity * task.complexity
+        for step in range(1, self.steps + 1):
+            await ctx.clock.sleep(step_s)
+            tokens = round(total / self.steps * self._rng.uniform(0.8, 1.2))
+            await ctx.progress(tokens, f"step {step}/{self.steps}")
+        p = self.success_probability(ctx.fit)
+        if self._rng.random() < p:
+            return Completed(
+                result={"summary": f"simulated {task.task_id}", "steps": self.steps},
+                token_usage=ctx.token_usage,
+            )
+        return Failed(error_key="sim.failed", error=f"simulated failure (p_success={p:.2f})")
+
+
+def _sim(spec: WorkerConfig, seed: int | None) -> Executor:
+    opts: Mapping[str, Any] = spec.options
+    return SimExecutor(
+        duration_s=spec.duration_s,
+        fail_rate=spec.fail_rate,
+        seed=seed if seed is not None else opts.get("seed"),
+        base_s=float(opts.get("base_s", 2.0)),
+        steps=int(opts.get("steps", 4)),
+    )
+
+
+_FACTORIES: Mapping[str, Callable[[WorkerConfig, int | None], Executor]] = {"sim": _sim}
+
+
+def make_executor(spec: WorkerConfig, *, seed: int | None = None) -> Executor:
+    """The executor named by ``spec.executor``, or `ExecutorError` if there is none."""
+    factory = _FACTORIES.get(spec.executor)
+    if factory is None:
+        raise ExecutorError(
+            f"worker {spec.id!r}: executor {spec.executor!r} is not available "
+            f"(available: {', '.join(sorted(_FACTORIES))})"
+        )
+    try:
+        return factory(spec, seed)
+    except (TypeError, ValueError) as exc:
+        raise ExecutorError(
+            f"worker {spec.id!r}: bad options for {spec.executor!r}: {exc}"
+        ) from exc
