@@ -113,6 +113,7 @@ class Kernel:
             for spec in cfg.workers:
                 runtime = await self._runtime(spec.runtime)
                 await runtime.start(spec)
+            await self.auctioneer.refresh_workers()  # they are registered: see them at once
 
     async def _runtime(self, kind: str) -> Any:
         """The runtime of `kind`, built and entered on first use."""

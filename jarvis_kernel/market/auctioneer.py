@@ -174,6 +174,7 @@ class Auctioneer:
         self._capacity = capacity
         self._alive = {w for w, _ in beats if w in capacity}
         self._load = {w: int(v) for w, v in loads.items() if v.isdigit()}
+        self._wake_dispatch()
 
     # ------------------------------------------------------------------ service
     async def run(
@@ -281,13 +282,27 @@ class Auctioneer:
     def _wake_dispatch(self) -> None:
         self._ready_changed.set()
 
+    def _can_dispatch(self) -> bool:
+        return bool(self._ready) and not self._paused and not self._draining and self._has_room()
+
+    def _has_room(self) -> bool:
+        """Is there a worker with room beyond what the open auctions will take?
+
+        With no live worker registered, auctions run anyway: they end in the shared FCFS
+        list, which serves workers that never register (legacy ones).
+        """
+        if not self._alive:
+            return True
+        free = self._free()
+        return sum(free.get(w, 0) for w in self._alive) > len(self._auctions)
+
     async def _dispatch_loop(self, tg: anyio.abc.TaskGroup) -> None:
         while True:
-            while not self._ready or self._paused or self._draining:
+            while not self._can_dispatch():
                 self._ready_changed = anyio.Event()
                 await self._ready_changed.wait()
             await self._slots.acquire()
-            if not self._ready or self._paused or self._draining:
+            if not self._can_dispatch():
                 self._slots.release()
                 continue
             _, task_id = heapq.heappop(self._ready)
@@ -305,10 +320,11 @@ class Auctioneer:
         if raw is None:
             return
         record = decode(raw, TaskRecord)
-        # An auction interrupted by a restart goes on at the next round: workers answer each
-        # (task, round) once, so the same round again would only meet silence.
-        first = record.round + 1 if record.state == "auctioning" else 1
-        last = max(self.market.max_rounds, first)
+        # Round numbers grow over the task's whole life (across attempts and restarts):
+        # workers answer each (task, round) once, so a round announced again would only meet
+        # silence. Each auction run gets up to `max_rounds` rounds.
+        first = record.round + 1
+        last = first + self.market.max_rounds - 1
         for round_ in range(first, last + 1):
             outcome = await self._round(record, raw, round_)
             if outcome is None:
@@ -365,6 +381,7 @@ class Auctioneer:
             del self._auctions[task.task_id]
             if not self._auctions:
                 self._idle.set()
+            self._wake_dispatch()
         winner = choose_winner(auction.bids, self._free())
         if winner is None:
             self.stats.counts["no_winner"] += 1
@@ -523,6 +540,7 @@ class Auctioneer:
     def _release(self, record: TaskRecord) -> None:
         if record.worker_id and record.state in ("assigned", "running"):
             self._committed[record.worker_id] = max(0, self._committed[record.worker_id] - 1)
+            self._wake_dispatch()
 
     async def retry_or_bury(
         self, record: TaskRecord, raw: bytes, reason: str, *, extra: Tx | None = None
@@ -531,7 +549,7 @@ class Auctioneer:
         task_id, now = record.task.task_id, self.clock.time_ms()
         if record.attempt < record.task.max_attempts:
             again = msgspec.structs.replace(
-                record, state="queued", attempt=record.attempt + 1, round=0, worker_id=None
+                record, state="queued", attempt=record.attempt + 1, worker_id=None
             )
             tx, new_raw = transition(self.keys, raw, again)
             self._add_event(
@@ -560,7 +578,9 @@ class Auctioneer:
         if again is None:
             self._records.pop(task_id, None)
             self.stats.counts["dead"] += 1
-            self._finished(TaskDead(at_ms=now, task_id=task_id, attempts=record.attempt, reason=reason))
+            self._finished(
+                TaskDead(at_ms=now, task_id=task_id, attempts=record.attempt, reason=reason)
+            )
         else:
             self._records[task_id] = new_raw or b""
             self.stats.counts["requeued"] += 1

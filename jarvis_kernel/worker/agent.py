@@ -339,8 +339,9 @@ class WorkerAgent:
         """The bid for `announce`: 0.0 (refuse) unless free, unpaused and not stopping."""
         if self._stopping or self.paused or self.swarm_paused:
             return 0.0
-        waiting = await self._bus.llen(self._keys.tasks_for(self.worker_id))
-        if self.spec.capacity - self.load - waiting <= 0:
+        # Tasks in hand only: the kernel counts awards not yet taken against the capacity
+        # itself, and asking Redis here would cost a round trip on every bid.
+        if self.spec.capacity - self.load <= 0:
             return 0.0
         return bid_score(
             announce,

@@ -131,6 +131,11 @@ class JobRunner:
             await agent.emit(TaskStarted(**self._ids(job)))
             outcome = await self._execute(job)
             await self._finish(job, outcome)
+            # The slot is free from the moment the outcome is written: the kernel counts it
+            # free then too, so a bid made while learning must not refuse for want of room.
+            agent.jobs.pop(job.key, None)
+            _done(agent, release)
+            release = None
             await self._learn(job, outcome)
         finally:
             agent.jobs.pop(job.key, None)
