@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -80,6 +80,7 @@ class WorkerAgent:
         events_maxlen: int = 100_000,
         poll_s: float = 1.0,
         drain_grace_s: float = 5.0,
+        take: Literal["own", "shared"] = "own",
     ) -> None:
         self.spec = spec
         self.worker_id = spec.id
@@ -92,6 +93,7 @@ class WorkerAgent:
         self._executor = executor if executor is not None else make_executor(spec)
         self._events_maxlen = events_maxlen
         self._poll_s = poll_s
+        self._take = take
         self._drain_grace_s = drain_grace_s
         self.memory = WorkerMemory(spec.id, spec.model, spec.expertise)
         self.jobs: dict[tuple[str, int], Job] = {}
@@ -396,6 +398,8 @@ class WorkerAgent:
 
     async def _take_one(self) -> bytes | None:
         keys, wid = self._keys, self.worker_id
+        if self._take == "shared":  # a plain FCFS worker: only the shared list, blocking on it
+            return await self._bus.blmove(keys.tasks, keys.processing(wid), self._poll_s)
         raw = await self._bus.blmove(keys.tasks_for(wid), keys.processing(wid), self._poll_s)
         if raw is None and not (self.paused or self.swarm_paused):
             raw = await self._bus.lmove(keys.tasks, keys.processing(wid))

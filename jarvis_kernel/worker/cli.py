@@ -78,6 +78,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--memory", metavar="DIR", help="memory folder (default: config, .memory)")
     p.add_argument("--heartbeat-s", type=float, help="heartbeat period (default 1.0)")
     p.add_argument("--config", metavar="FILE", help="a jarvis TOML config file")
+    p.add_argument(
+        "--take",
+        choices=["own", "shared"],
+        default="own",
+        help="own: bid and take awarded tasks (default); shared: plain FCFS from <ns>:tasks",
+    )
     p.set_defaults(handler=_handle)
 
 
@@ -118,11 +124,13 @@ def _handle(args: argparse.Namespace) -> int:
         format=f"%(asctime)s %(levelname)s worker {spec.id} %(name)s: %(message)s",
     )
     memory_dir = Path(args.memory or config.memory_dir)
-    anyio.run(_main, config, spec, executor, memory_dir)
+    anyio.run(_main, config, spec, executor, memory_dir, args.take)
     return 0
 
 
-async def _main(config: Config, spec: WorkerConfig, executor: Executor, memory_dir: Path) -> None:
+async def _main(
+    config: Config, spec: WorkerConfig, executor: Executor, memory_dir: Path, take: Any = "own"
+) -> None:
     async with open_bus(
         config.bus.redis_url, reconnect_timeout_s=config.bus.reconnect_timeout_s
     ) as bus:
@@ -136,6 +144,7 @@ async def _main(config: Config, spec: WorkerConfig, executor: Executor, memory_d
             memory_dir=memory_dir,
             executor=executor,
             events_maxlen=config.bus.events_maxlen,
+            take=take,
         )
         await _serve(agent)
 

@@ -50,6 +50,9 @@ class ScriptedWorker:
         self.ran: list[Assignment] = []
         self.hold = anyio.Event()  # set to let tasks finish; set at start unless held
         self.hold.set()
+        self.gate = anyio.Event()  # bids wait here: a closed gate keeps auctions open
+        self.gate.set()
+        self.holding_bid = anyio.Event()  # set when a bid waits at a closed gate
 
     async def register(self) -> None:
         info = WorkerInfo(worker_id=self.worker_id, model=self.model, capacity=self.capacity)
@@ -59,7 +62,9 @@ class ScriptedWorker:
     async def heartbeat(self) -> None:
         await self.bus.zadd(self.keys.heartbeats, {self.worker_id: self.clock.time_ms()})
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         await self.register()
         async with self.bus.subscribe(channels=[self.keys.market]) as sub:
             async with anyio.create_task_group() as tg:
@@ -72,9 +77,18 @@ class ScriptedWorker:
                     score = self.score(announce) if callable(self.score) else self.score
                     if score is None:
                         continue  # stay silent
-                    bid = Bid(task_id=announce.task_id, round=announce.round,
-                              worker_id=self.worker_id, score=score, model=self.model,
-                              load=0, capacity=self.capacity)
+                    if not self.gate.is_set():
+                        self.holding_bid.set()
+                        await self.gate.wait()
+                    bid = Bid(
+                        task_id=announce.task_id,
+                        round=announce.round,
+                        worker_id=self.worker_id,
+                        score=score,
+                        model=self.model,
+                        load=0,
+                        capacity=self.capacity,
+                    )
                     await self.bus.publish(self.keys.bids(announce.task_id), encode(bid))
 
     async def _heartbeat_loop(self) -> None:
@@ -83,25 +97,44 @@ class ScriptedWorker:
             await self.heartbeat()
 
     async def _take_loop(self) -> None:
-        queue, processing = self.keys.tasks_for(self.worker_id), self.keys.processing(self.worker_id)
+        queue, processing = (
+            self.keys.tasks_for(self.worker_id),
+            self.keys.processing(self.worker_id),
+        )
         while True:
             raw = await self.bus.blmove(queue, processing, timeout_s=None)
             if raw is None:
                 continue
             task = decode(raw, Assignment)
             self.ran.append(task)
-            await self._event(TaskStarted(at_ms=self.clock.time_ms(), task_id=task.task_id,
-                                          worker_id=self.worker_id, attempt=task.attempt))
+            await self._event(
+                TaskStarted(
+                    at_ms=self.clock.time_ms(),
+                    task_id=task.task_id,
+                    worker_id=self.worker_id,
+                    attempt=task.attempt,
+                )
+            )
             await self.hold.wait()
             end: Event
             if self.fail_with:
-                end = TaskFailed(at_ms=self.clock.time_ms(), task_id=task.task_id,
-                                 worker_id=self.worker_id, attempt=task.attempt,
-                                 error_key=self.fail_with, error="scripted failure")
+                end = TaskFailed(
+                    at_ms=self.clock.time_ms(),
+                    task_id=task.task_id,
+                    worker_id=self.worker_id,
+                    attempt=task.attempt,
+                    error_key=self.fail_with,
+                    error="scripted failure",
+                )
             else:
-                end = TaskCompleted(at_ms=self.clock.time_ms(), task_id=task.task_id,
-                                    worker_id=self.worker_id, attempt=task.attempt,
-                                    result={"by": self.worker_id}, token_usage=10)
+                end = TaskCompleted(
+                    at_ms=self.clock.time_ms(),
+                    task_id=task.task_id,
+                    worker_id=self.worker_id,
+                    attempt=task.attempt,
+                    result={"by": self.worker_id},
+                    token_usage=10,
+                )
             await self._event(end)
             await self.bus.lrem(processing, 1, raw)
 
