@@ -1,0 +1,307 @@
+"""The librarian's SQLite file: an FTS5 index of patterns plus what incremental runs need.
+
+Blocking: call from a worker thread (`anyio.to_thread.run_sync`) in async code. The file is
+the librarian's own business (docs/memory.md): when it is missing, corrupt or from another
+schema it is deleted and rebuilt from ``patterns.json`` and the context maps.
+
+Tables::
+
+    meta(key, value)                       schema version, stamp of the patterns.json it mirrors
+    projects(project, map_rel, mtime_ns, size, sha256, min_stale_ms, blob)
+                                           one row per project: its map's identity and its
+                                           patterns as a JSON array (patterns.json is the
+                                           concatenation of these, in project order)
+    docs(rowid, project, pattern_id, name, description, file_path, capabilities)
+    fts(name, tags, description, path, symbols, proj)   FTS5, rowid = docs.rowid
+    caps(project, capability)              for global_index.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import msgspec
+
+from .formats import Pattern
+from .text import fts_text
+
+__all__ = ["SCHEMA_VERSION", "DocRow", "PatternIndex", "ProjectState", "project_token"]
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS projects(
+    project TEXT PRIMARY KEY, map_rel TEXT NOT NULL, mtime_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL, sha256 TEXT NOT NULL, min_stale_ms INTEGER, blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS docs(
+    rowid INTEGER PRIMARY KEY, project TEXT NOT NULL, pattern_id TEXT NOT NULL,
+    name TEXT NOT NULL, description TEXT NOT NULL, file_path TEXT NOT NULL,
+    capabilities TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS docs_project ON docs(project);
+CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
+    name, tags, description, path, symbols, proj,
+    tokenize = 'porter unicode61 remove_diacritics 2');
+CREATE TABLE IF NOT EXISTS caps(project TEXT NOT NULL, capability TEXT NOT NULL,
+    PRIMARY KEY (capability, project)) WITHOUT ROWID;
+"""
+
+_PATTERNS_DECODER = msgspec.json.Decoder(list[Pattern])
+_ENCODER = msgspec.json.Encoder()
+
+
+def project_token(project: str) -> str:
+    """The single FTS token standing for a project (ids contain separators FTS would split)."""
+    return "p" + hashlib.sha1(project.encode(), usedforsecurity=False).hexdigest()[:12]
+
+
+class ProjectState(msgspec.Struct, frozen=True, kw_only=True):
+    """What the index knows of one project's map: identity by stat and by content."""
+
+    map_rel: str
+    mtime_ns: int
+    size: int
+    sha256: str
+    min_stale_ms: int | None = None
+
+
+class DocRow(msgspec.Struct, frozen=True):
+    project: str
+    name: str
+    description: str
+    file_path: str
+    capabilities: list[str]
+    rank: float
+
+
+class PatternIndex:
+    """One SQLite file. Not thread-safe: one instance per thread (or behind a lock)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._db = self._open()
+        # project -> its patterns as JSON without the brackets; None: not loaded
+        self._chunks: dict[str, bytes] | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError:
+            self._delete_files()
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout = 30000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            version = self._version(db)
+            if version not in (None, SCHEMA_VERSION):
+                raise sqlite3.DatabaseError(f"schema {version}")
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            db.execute("SELECT count(*) FROM fts WHERE fts MATCH 'x'").fetchone()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _version(db: sqlite3.Connection) -> str | None:
+        has_meta = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if not has_meta:
+            return None
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        return None if row is None else str(row[0])
+
+    def _delete_files(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+
+    def reset(self) -> None:
+        """Delete the file and start empty (after corruption is found mid-way)."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        self._delete_files()
+        self._db = self._connect()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All writes in the block commit together, or none do."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._chunks = None
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- meta
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- projects
+    def states(self) -> dict[str, ProjectState]:
+        rows = self._db.execute(
+            "SELECT project, map_rel, mtime_ns, size, sha256, min_stale_ms FROM projects"
+        )
+        return {
+            r[0]: ProjectState(
+                map_rel=r[1], mtime_ns=r[2], size=r[3], sha256=r[4], min_stale_ms=r[5]
+            )
+            for r in rows
+        }
+
+    def set_state(self, project: str, state: ProjectState) -> None:
+        self._db.execute(
+            "UPDATE projects SET map_rel=?, mtime_ns=?, size=?, sha256=?, min_stale_ms=? "
+            "WHERE project=?",
+            (state.map_rel, state.mtime_ns, state.size, state.sha256, state.min_stale_ms, project),
+        )
+
+    def forget_hashes(self) -> None:
+        """Make the next run read and extract every map again."""
+        self._db.execute("UPDATE projects SET sha256 = '', mtime_ns = -1, size = -1")
+
+    def patterns_of(self, project: str) -> list[Pattern]:
+        row = self._db.execute("SELECT blob FROM projects WHERE project=?", (project,)).fetchone()
+        return [] if row is None else _PATTERNS_DECODER.decode(row[0])
+
+    def replace_project(
+        self, project: str, patterns: Sequence[Pattern], state: ProjectState
+    ) -> None:
+        """Store `patterns` as the whole of `project` (live ones searchable)."""
+        self.remove_project(project)
+        blob = _ENCODER.encode(list(patterns))
+        self._db.execute(
+            "INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                project,
+                state.map_rel,
+                state.mtime_ns,
+                state.size,
+                state.sha256,
+                state.min_stale_ms,
+                blob,
+            ),
+        )
+        if self._chunks is not None:
+            self._chunks[project] = blob[1:-1]
+        token = project_token(project)
+        live = [p for p in patterns if not p.stale]
+        caps = {c for p in live for c in p.capabilities}
+        start = int(self._db.execute("SELECT coalesce(max(rowid), 0) FROM docs").fetchone()[0])
+        self._db.executemany(
+            "INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    start + i,
+                    project,
+                    p.id,
+                    p.name,
+                    p.description,
+                    p.file_path,
+                    " ".join(p.capabilities),
+                )
+                for i, p in enumerate(live, 1)
+            ],
+        )
+        self._db.executemany(
+            "INSERT INTO fts(rowid, name, tags, description, path, symbols, proj) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    start + i,
+                    fts_text([p.name]),
+                    fts_text([*p.tags, *p.capabilities]),
+                    fts_text([p.description]),
+                    fts_text([p.file_path]),
+                    fts_text(p.symbols),
+                    token,
+                )
+                for i, p in enumerate(live, 1)
+            ],
+        )
+        self._db.executemany("INSERT INTO caps VALUES (?, ?)", [(project, c) for c in caps])
+
+    def remove_project(self, project: str) -> None:
+        self._db.execute(
+            "DELETE FROM fts WHERE rowid IN (SELECT rowid FROM docs WHERE project=?)", (project,)
+        )
+        self._db.execute("DELETE FROM docs WHERE project=?", (project,))
+        self._db.execute("DELETE FROM caps WHERE project=?", (project,))
+        self._db.execute("DELETE FROM projects WHERE project=?", (project,))
+        if self._chunks is not None:
+            self._chunks.pop(project, None)
+
+    def forget_cache(self) -> None:
+        """Another writer changed the file: read the patterns from SQLite next time."""
+        self._chunks = None
+
+    def clear(self) -> None:
+        self._chunks = {}
+        for table in ("projects", "docs", "fts", "caps"):
+            self._db.execute(f"DELETE FROM {table}")
+
+    # -- outputs
+    def pattern_chunks(self) -> list[bytes]:
+        """Each project's patterns as JSON without the brackets, in project order.
+
+        Kept in memory after the first call, so an incremental run does not read them all.
+        """
+        if self._chunks is None:
+            self._chunks = {
+                project: bytes(blob)[1:-1]
+                for project, blob in self._db.execute("SELECT project, blob FROM projects")
+            }
+        return [self._chunks[p] for p in sorted(self._chunks) if self._chunks[p]]
+
+    def global_index(self) -> dict[str, list[str]]:
+        index: dict[str, list[str]] = {}
+        for cap, project in self._db.execute(
+            "SELECT capability, project FROM caps ORDER BY capability, project"
+        ):
+            index.setdefault(cap, []).append(project)
+        return index
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM docs").fetchone()[0])
+
+    # -- search
+    def search(
+        self, match: str, weights: Sequence[float], limit: int, candidates: int = 500
+    ) -> list[DocRow]:
+        """Rows matching FTS5 expression `match`, best first (bm25 with column `weights`).
+
+        bm25 costs about a microsecond a row, so only the first `candidates` matches (in
+        rowid order) are ranked: exact when fewer match, bounded latency when more do.
+        """
+        sql = (
+            "SELECT d.project, d.name, d.description, d.file_path, d.capabilities, r.rank "
+            "FROM (SELECT rowid, rank FROM "
+            "        (SELECT rowid, bm25(fts, ?, ?, ?, ?, ?, 0.0) AS rank FROM fts "
+            "         WHERE fts MATCH ? LIMIT ?) ORDER BY rank LIMIT ?) AS r "
+            "JOIN docs d ON d.rowid = r.rowid ORDER BY r.rank"
+        )
+        rows = self._db.execute(sql, (*weights, match, candidates, limit)).fetchall()
+        return [
+            DocRow(r[0], r[1], r[2], r[3], r[4].split() if r[4] else [], -float(r[5])) for r in rows
+        ]

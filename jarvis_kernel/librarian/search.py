@@ -1,0 +1,201 @@
+"""Answering a query: plan it (pure), run it on the index, rank and label the hits.
+
+A query is tokenized like the documents (`text.tokens`). Three ranking modes:
+
+- ``keyword``: bm25 over the query's own tokens, with weighted columns.
+- ``expanded`` (the default, chosen by measurement: benchmarks/RESULTS.md): the same,
+  plus the taxonomy's synonyms of the query's words and phrases (``sign in`` -> ``login``)
+  and the capabilities they imply, matched in the tags column.
+- ``fused``: reciprocal rank fusion of the two lists (measured worse than ``expanded``:
+  the literal list ranks noise for queries that share no word with their answer).
+
+A project id named in the query ("... in atelier-sam") scopes the search to it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from typing import Literal
+
+import msgspec
+
+from .index import DocRow, PatternIndex, project_token
+from .taxonomy import Taxonomy
+from .text import stem, tokens, words
+
+__all__ = ["DEFAULT_WEIGHTS", "Hit", "Mode", "QueryPlan", "plan_query", "rrf", "run_search"]
+
+Mode = Literal["keyword", "expanded", "fused"]
+
+# bm25 weights of the columns name, tags (and capabilities), description, path, symbols.
+DEFAULT_WEIGHTS: tuple[float, float, float, float, float] = (8.0, 4.0, 2.0, 3.0, 4.0)
+_RRF_K = 60.0
+
+
+class Hit(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
+    """One search result. `active` is set when the search had an active project."""
+
+    name: str
+    description: str
+    file_path: str
+    project: str
+    capabilities: list[str]
+    score: float
+    active: bool | None = None
+
+
+class QueryPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """What a query asks, ready for FTS5."""
+
+    terms: list[str]
+    expansions: list[tuple[str, ...]]
+    capabilities: list[str]
+    project: str | None = None
+
+
+def _quote(tok: str) -> str:
+    return f'"{tok}"'
+
+
+_ID_WORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+
+
+def _project_in(text: str, project_ids: Collection[str]) -> str | None:
+    for match in _ID_WORD_RE.finditer(text):
+        word = match.group(0).rstrip(".:")
+        if word in project_ids:
+            return word
+    return None
+
+
+def plan_query(text: str, taxonomy: Taxonomy, project_ids: Collection[str] = ()) -> QueryPlan:
+    """Tokens, synonym expansions and implied capabilities of `text` (pure)."""
+    project = _project_in(text, project_ids)
+    if project is not None:
+        text = re.sub(re.escape(project), " ", text, flags=re.IGNORECASE)
+    terms = list(dict.fromkeys(tokens(text)))
+    stems = [stem(w) for w in words(text)]
+    expansions: dict[tuple[str, ...], None] = {}
+    caps: set[str] = set()
+    for n in range(1, taxonomy.max_phrase + 1):
+        for i in range(len(stems) - n + 1):
+            gram = tuple(stems[i : i + n])
+            for member in taxonomy.synonyms.get(gram, ()):
+                expansions[member] = None
+                caps |= (
+                    taxonomy.keyword_caps.get(stem(member[0]), set()) if len(member) == 1 else set()
+                )
+            caps |= taxonomy.phrase_caps.get(gram, set())
+            if n == 1:
+                caps |= taxonomy.keyword_caps.get(gram[0], set())
+    known = set(terms)
+    extra = [e for e in expansions if not (len(e) == 1 and e[0] in known)]
+    return QueryPlan(terms=terms, expansions=extra, capabilities=sorted(caps), project=project)
+
+
+def match_expression(plan: QueryPlan, *, expanded: bool) -> str:
+    """The FTS5 MATCH text for `plan` (empty when there is nothing to look for)."""
+    parts = [_quote(t) for t in plan.terms]
+    if expanded:
+        parts += [_quote(" ".join(e)) for e in plan.expansions]
+        for cap in plan.capabilities:
+            cap_tokens = tokens(cap)
+            if cap_tokens:
+                parts.append(f"tags : {_quote(cap_tokens[-1])}")
+    return " OR ".join(dict.fromkeys(parts))
+
+
+def _scoped(match: str, project: str | None, exclude: bool) -> str:
+    if project is None:
+        return match
+    token = _quote(project_token(project))
+    return f"({match}) NOT proj : {token}" if exclude else f"proj : {token} AND ({match})"
+
+
+def rrf(lists: Sequence[Sequence[DocRow]], limit: int) -> list[DocRow]:
+    """Reciprocal rank fusion: score = sum of 1 / (k + rank) over the lists."""
+    scores: dict[tuple[str, str, str], float] = {}
+    rows: dict[tuple[str, str, str], DocRow] = {}
+    for ranked in lists:
+        for rank, row in enumerate(ranked, start=1):
+            key = (row.project, row.file_path, row.name)
+            scores[key] = scores.get(key, 0.0) + 1.0 / (_RRF_K + rank)
+            rows.setdefault(key, row)
+    best = sorted(scores, key=lambda key: -scores[key])[:limit]
+    return [msgspec.structs.replace(rows[key], rank=scores[key]) for key in best]
+
+
+def _ranked(
+    index: PatternIndex,
+    plan: QueryPlan,
+    mode: Mode,
+    limit: int,
+    scope: tuple[str | None, bool],
+    weights: Sequence[float],
+    candidates: int,
+) -> list[DocRow]:
+    project, exclude = scope
+
+    def ranked(expanded: bool, depth: int) -> list[DocRow]:
+        # Every query word present first (precise, and few rows to rank); else any of them.
+        if len(plan.terms) > 1:
+            every = " AND ".join(_quote(t) for t in plan.terms)
+            rows = index.search(_scoped(every, project, exclude), weights, depth, candidates)
+            if len(rows) >= depth:
+                return rows
+        match = match_expression(plan, expanded=expanded)
+        return index.search(_scoped(match, project, exclude), weights, depth, candidates)
+
+    if mode == "keyword":
+        return ranked(False, limit) if plan.terms else []
+    if mode == "expanded":
+        return ranked(True, limit)
+    depth = max(limit * 4, 20)
+    first = ranked(False, depth) if plan.terms else []
+    return rrf([first, ranked(True, depth)], limit)
+
+
+def _hit(row: DocRow, active: bool | None) -> Hit:
+    return Hit(
+        name=row.name,
+        description=row.description,
+        file_path=row.file_path,
+        project=row.project,
+        capabilities=row.capabilities,
+        score=round(row.rank, 6),
+        active=active,
+    )
+
+
+def run_search(
+    index: PatternIndex,
+    plan: QueryPlan,
+    *,
+    active_project: str | None = None,
+    limit: int = 5,
+    mode: Mode = "expanded",
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    candidates: int = 500,
+) -> list[Hit]:
+    """Hits best first. A project named in the query scopes it; else with `active_project`
+    up to `limit` hits of that project and up to `limit` of the others, labelled `active`."""
+    if not plan.terms and not plan.expansions and not plan.capabilities:
+        return []
+    if plan.project is not None:
+        rows = _ranked(index, plan, mode, limit, (plan.project, False), weights, candidates)
+        return [_hit(r, None) for r in rows]
+    if active_project is None:
+        return [
+            _hit(r, None)
+            for r in _ranked(index, plan, mode, limit, (None, False), weights, candidates)
+        ]
+    mine = [
+        _hit(r, True)
+        for r in _ranked(index, plan, mode, limit, (active_project, False), weights, candidates)
+    ]
+    others = [
+        _hit(r, False)
+        for r in _ranked(index, plan, mode, limit, (active_project, True), weights, candidates)
+    ]
+    return sorted([*mine, *others], key=lambda h: -h.score)
