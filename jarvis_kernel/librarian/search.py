@@ -8,6 +8,9 @@ A query is tokenized like the documents (`text.tokens`). Three ranking modes:
   and the capabilities they imply, matched in the tags column.
 - ``fused``: reciprocal rank fusion of the two lists (measured worse than ``expanded``:
   the literal list ranks noise for queries that share no word with their answer).
+- ``semantic`` (needs the ``embed`` extra; semantic.py): reciprocal rank fusion of the
+  patterns closest to the query by sentence embedding and the patterns holding every
+  query word. Without the extra it falls back to ``expanded``.
 
 A project id named in the query ("... in atelier-sam") scopes the search to it.
 """
@@ -15,7 +18,7 @@ A project id named in the query ("... in atelier-sam") scopes the search to it.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Literal
 
 import msgspec
@@ -26,7 +29,9 @@ from .text import stem, tokens, words
 
 __all__ = ["DEFAULT_WEIGHTS", "Hit", "Mode", "QueryPlan", "plan_query", "rrf", "run_search"]
 
-Mode = Literal["keyword", "expanded", "fused"]
+Mode = Literal["keyword", "expanded", "fused", "semantic"]
+# (limit, (project, exclude)) -> the patterns nearest the query by embedding
+Dense = Callable[[int, tuple[str | None, bool]], list[DocRow]]
 
 # bm25 weights of the columns name, tags (and capabilities), description, path, symbols.
 DEFAULT_WEIGHTS: tuple[float, float, float, float, float] = (8.0, 4.0, 2.0, 3.0, 4.0)
@@ -134,6 +139,7 @@ def _ranked(
     scope: tuple[str | None, bool],
     weights: Sequence[float],
     candidates: int,
+    dense: Dense | None = None,
 ) -> list[DocRow]:
     project, exclude = scope
 
@@ -147,11 +153,19 @@ def _ranked(
         match = match_expression(plan, expanded=expanded)
         return index.search(_scoped(match, project, exclude), weights, depth, candidates)
 
+    def every_word(depth: int) -> list[DocRow]:
+        if not plan.terms:
+            return []
+        every = " AND ".join(_quote(t) for t in plan.terms)
+        return index.search(_scoped(every, project, exclude), weights, depth, candidates)
+
     if mode == "keyword":
         return ranked(False, limit) if plan.terms else []
-    if mode == "expanded":
+    if mode == "expanded" or (mode == "semantic" and dense is None):
         return ranked(True, limit)
     depth = max(limit * 4, 20)
+    if mode == "semantic" and dense is not None:
+        return rrf([every_word(depth), dense(depth, scope)], limit)
     first = ranked(False, depth) if plan.terms else []
     return rrf([first, ranked(True, depth)], limit)
 
@@ -177,25 +191,30 @@ def run_search(
     mode: Mode = "expanded",
     weights: Sequence[float] = DEFAULT_WEIGHTS,
     candidates: int = 500,
+    dense: Dense | None = None,
 ) -> list[Hit]:
     """Hits best first. A project named in the query scopes it; else with `active_project`
     up to `limit` hits of that project and up to `limit` of the others, labelled `active`."""
-    if not plan.terms and not plan.expansions and not plan.capabilities:
+    if not plan.terms and not plan.expansions and not plan.capabilities and dense is None:
         return []
     if plan.project is not None:
-        rows = _ranked(index, plan, mode, limit, (plan.project, False), weights, candidates)
+        rows = _ranked(index, plan, mode, limit, (plan.project, False), weights, candidates, dense)
         return [_hit(r, None) for r in rows]
     if active_project is None:
         return [
             _hit(r, None)
-            for r in _ranked(index, plan, mode, limit, (None, False), weights, candidates)
+            for r in _ranked(index, plan, mode, limit, (None, False), weights, candidates, dense)
         ]
     mine = [
         _hit(r, True)
-        for r in _ranked(index, plan, mode, limit, (active_project, False), weights, candidates)
+        for r in _ranked(
+            index, plan, mode, limit, (active_project, False), weights, candidates, dense
+        )
     ]
     others = [
         _hit(r, False)
-        for r in _ranked(index, plan, mode, limit, (active_project, True), weights, candidates)
+        for r in _ranked(
+            index, plan, mode, limit, (active_project, True), weights, candidates, dense
+        )
     ]
     return sorted([*mine, *others], key=lambda h: -h.score)

@@ -10,6 +10,7 @@ unchanged is not read; one whose bytes hash as before is not re-extracted.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sqlite3
 import time
@@ -21,15 +22,19 @@ import msgspec
 from ..clock import Clock, SystemClock
 from ..config import Config, LibrarianConfig
 from ..errors import MemoryFormatError
-from ..fsutil import atomic_write, locked
+from ..fsutil import atomic_write, atomic_write_parts, locked
 from . import formats
+from .embed import Embedder, EmbedUnavailable
 from .formats import Pattern, Project, Source
 from .index import PatternIndex, ProjectState
 from .patterns import extract_patterns, iso_from_ms, ms_from_iso, reconcile
-from .search import Hit, Mode, plan_query, run_search
+from .search import Dense, Hit, Mode, plan_query, run_search
+from .semantic import SemanticRanker
 from .taxonomy import Taxonomy, load_taxonomy
 
 __all__ = ["EXTRACTOR_VERSION", "IndexReport", "Librarian", "MapError"]
+
+_log = logging.getLogger(__name__)
 
 # Bump when patterns.py changes what it extracts: every map is then extracted again.
 EXTRACTOR_VERSION = 1
@@ -61,6 +66,8 @@ class IndexReport(msgspec.Struct, kw_only=True):
     dropped: int = 0
     errors: list[MapError] = []
     wrote: bool = False
+    embedded: int = 0
+    embed_s: float = 0.0
     elapsed_s: float = 0.0
 
 
@@ -108,6 +115,10 @@ class Librarian:
         self._project_ids: frozenset[str] = frozenset()
         self._ids_stamp: str | None = "unset"
         self._last_stamp: str | None = None
+        # the semantic mode's ranker: None until first wanted, False when unavailable
+        self._semantic: SemanticRanker | bool | None = None
+        if self.config.search_mode == "semantic":
+            self._ranker()
 
     @classmethod
     def from_config(
@@ -142,6 +153,13 @@ class Librarian:
             projects = self._read_projects(report)
             if projects is not None:
                 dirty |= self._update_projects(projects, report)
+            ranker = self._semantic
+            if isinstance(ranker, SemanticRanker):
+                embed_started = time.perf_counter()
+                report.embedded = ranker.embed_missing(idx)
+                report.embed_s = time.perf_counter() - embed_started
+                if dirty:
+                    ranker.forget()
             if dirty:
                 self._write_outputs()
                 self._last_stamp = _stamp(self.patterns_path)
@@ -346,11 +364,32 @@ class Librarian:
         for n, chunk in enumerate(self._index.pattern_chunks()):
             parts += [b",", chunk] if n else [chunk]
         parts.append(b"]}")
-        atomic_write(self.patterns_path, b"".join(parts))  # one copy of the whole file
+        atomic_write_parts(self.patterns_path, parts)  # no joined copy of the whole file
         with locked(self.global_index_path):
             atomic_write(self.global_index_path, formats.encode(self._index.global_index()))
 
     # -- answering
+    def _ranker(self) -> SemanticRanker | None:
+        """The semantic ranker, loaded once; None (logged once) without the embed extra."""
+        if self._semantic is None:
+            try:
+                embedder = Embedder.load(self.config.embed_model_dir)
+            except EmbedUnavailable as exc:
+                _log.warning("librarian: semantic search unavailable (%s); using expanded", exc)
+                self._semantic = False
+            else:
+                self._semantic = SemanticRanker(embedder)
+                with locked(self.patterns_path), self._index.transaction():
+                    self._semantic.embed_missing(self._index)
+        return self._semantic if isinstance(self._semantic, SemanticRanker) else None
+
+    def _dense(self, query: str, mode: Mode) -> Dense | None:
+        ranker = self._ranker() if mode == "semantic" else None
+        if ranker is None:
+            return None
+        index = self._index
+        return lambda depth, scope: ranker.rank(index, query, depth, scope)
+
     def _ensure_fresh(self) -> None:
         stamp = _stamp(self.patterns_path)
         if stamp is None or self._index.get_meta("stamp") != stamp:
@@ -379,24 +418,22 @@ class Librarian:
         """Patterns answering `query`, best first; see `search.run_search` for `project`."""
         try:
             self._ensure_fresh()
-            plan = plan_query(query, self.taxonomy, self._project_ids)
-            return run_search(
-                self._index,
-                plan,
-                active_project=project,
-                limit=max(1, limit),
-                mode=mode or self.config.search_mode,
-                candidates=self.config.max_candidates,
-            )
+            return self._search(query, project, limit, mode or self.config.search_mode)
         except sqlite3.DatabaseError:
             self._index.reset()
+            if isinstance(self._semantic, SemanticRanker):
+                self._semantic.forget()
             self.index()
-            plan = plan_query(query, self.taxonomy, self._project_ids)
-            return run_search(
-                self._index,
-                plan,
-                active_project=project,
-                limit=max(1, limit),
-                mode=mode or self.config.search_mode,
-                candidates=self.config.max_candidates,
-            )
+            return self._search(query, project, limit, mode or self.config.search_mode)
+
+    def _search(self, query: str, project: str | None, limit: int, mode: Mode) -> list[Hit]:
+        plan = plan_query(query, self.taxonomy, self._project_ids)
+        return run_search(
+            self._index,
+            plan,
+            active_project=project,
+            limit=max(1, limit),
+            mode=mode,
+            candidates=self.config.max_candidates,
+            dense=self._dense(query, mode),
+        )

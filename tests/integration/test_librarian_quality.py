@@ -1,6 +1,11 @@
 """Retrieval quality over the sample `.memory/`: recall@3 and MRR, per half of the query set.
 
-The queries (tests/data/librarian_queries.json) were written before tuning, as agents ask.
+The queries (tests/data/librarian_queries.json) were written before tuning, as agents ask;
+a second, held-out set of paraphrases (tests/data/librarian_queries_heldout.json) was written
+before the ``semantic`` mode was built, without running any method on it.
+
+Modes measured: ``expanded`` (the default, always) and ``semantic`` (sentence embeddings;
+skipped unless the ``embed`` extra and the model weights are installed: docs/memory.md).
 Run as a script to print the comparison of ranking modes recorded in benchmarks/RESULTS.md:
 ``.venv/bin/python -m tests.integration.test_librarian_quality``.
 """
@@ -15,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from jarvis_kernel.librarian import embed
 from jarvis_kernel.librarian.search import Mode
 from jarvis_kernel.librarian.store import Librarian
 from jarvis_kernel.librarian.text import plain_words, stem, words
@@ -22,6 +28,10 @@ from jarvis_kernel.librarian.text import plain_words, stem, words
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / ".memory"
 QUERIES = json.loads((ROOT / "tests/data/librarian_queries.json").read_text())["queries"]
+HELDOUT = json.loads((ROOT / "tests/data/librarian_queries_heldout.json").read_text())["queries"]
+needs_embed = pytest.mark.skipif(
+    not embed.available(), reason="semantic mode needs the embed extra and the model weights"
+)
 
 
 def _copy_inputs(source: Path, dest: Path) -> None:
@@ -37,11 +47,15 @@ def _copy_sample(dest: Path) -> Path:
     return memory
 
 
-def evaluate(lib: Librarian, mode: Mode) -> dict[str, dict[str, float]]:
+def evaluate(
+    lib: Librarian, mode: Mode, queries: list[dict[str, Any]] = QUERIES
+) -> dict[str, dict[str, float]]:
     """recall@3 and MRR (over the top 10) for each kind of query."""
     out: dict[str, dict[str, float]] = {}
     for kind in ("direct", "paraphrase"):
-        items = [q for q in QUERIES if q["kind"] == kind]
+        items = [q for q in queries if q["kind"] == kind]
+        if not items:
+            continue
         hits3 = 0
         rr = 0.0
         for item in items:
@@ -54,9 +68,9 @@ def evaluate(lib: Librarian, mode: Mode) -> dict[str, dict[str, float]]:
     return out
 
 
-def misses(lib: Librarian, mode: Mode) -> list[str]:
+def misses(lib: Librarian, mode: Mode, queries: list[dict[str, Any]] = QUERIES) -> list[str]:
     lines = []
-    for item in QUERIES:
+    for item in queries:
         answers = {tuple(a) for a in item["answers"]}
         ranked = [(h.project, h.file_path) for h in lib.search(item["q"], limit=3, mode=mode)]
         if not answers & set(ranked):
@@ -89,11 +103,18 @@ def _stems(text: str) -> set[str]:
     return {stem(w) for w in [*words(text), *plain_words(text)]}
 
 
-def test_query_set_is_big_enough_and_paraphrases_share_no_word() -> None:
-    kinds = [q["kind"] for q in QUERIES]
-    assert len(QUERIES) >= 40
-    assert kinds.count("paraphrase") * 2 >= len(QUERIES) - 1
-    for item in QUERIES:
+@pytest.mark.parametrize(
+    ("queries", "least", "paraphrase_share"),
+    [(QUERIES, 40, 0.5), (HELDOUT, 24, 1.0)],
+    ids=["original", "heldout"],
+)
+def test_query_set_is_big_enough_and_paraphrases_share_no_word(
+    queries: list[dict[str, Any]], least: int, paraphrase_share: float
+) -> None:
+    kinds = [q["kind"] for q in queries]
+    assert len(queries) >= least
+    assert kinds.count("paraphrase") + 1 >= paraphrase_share * len(queries)
+    for item in queries:
         if item["kind"] != "paraphrase":
             continue
         for project, file_path in item["answers"]:
@@ -124,11 +145,37 @@ def test_expansion_helps_paraphrases(librarian: Librarian) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="target not met: taxonomy synonyms reach recall@3 0.34 on paraphrases that share "
-    "no word with their answer; needs an embedding model (benchmarks/RESULTS.md)",
+    reason="target not met: taxonomy synonyms reach recall@3 0.34 (held-out 0.20) on "
+    "paraphrases that share no word with their answer (benchmarks/RESULTS.md)",
 )
 def test_recall_at_3_on_paraphrases_meets_the_target(librarian: Librarian) -> None:
     scores = evaluate(librarian, "expanded")
+    assert scores["paraphrase"]["recall@3"] >= 0.9, scores
+
+
+@needs_embed
+def test_semantic_mode_keeps_direct_queries_and_beats_expanded(librarian: Librarian) -> None:
+    semantic = evaluate(librarian, "semantic")
+    assert semantic["direct"]["recall@3"] >= 0.9, semantic
+    for queries in (QUERIES, HELDOUT):
+        expanded = evaluate(librarian, "expanded", queries)["paraphrase"]
+        assert (
+            evaluate(librarian, "semantic", queries)["paraphrase"]["recall@3"]
+            > expanded["recall@3"]
+        )
+
+
+@needs_embed
+@pytest.mark.xfail(
+    strict=True,
+    reason="target not met: all-MiniLM-L6-v2 embeddings reach recall@3 0.83 on the original "
+    "paraphrases and 0.70 on the held-out ones (benchmarks/RESULTS.md)",
+)
+@pytest.mark.parametrize("queries", [QUERIES, HELDOUT], ids=["original", "heldout"])
+def test_semantic_recall_at_3_on_paraphrases_meets_the_target(
+    librarian: Librarian, queries: list[dict[str, Any]]
+) -> None:
+    scores = evaluate(librarian, "semantic", queries)
     assert scores["paraphrase"]["recall@3"] >= 0.9, scores
 
 
@@ -138,11 +185,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lib = Librarian(_copy_sample(Path(tmp)))
         lib.index()
-        for mode in ("keyword", "expanded", "fused"):
-            scores = evaluate(lib, mode)
-            print(mode, json.dumps(scores))
-            if "-v" in sys.argv:
-                print("\n".join("   " + m for m in misses(lib, mode)))
+        modes: list[Mode] = ["keyword", "expanded", "fused"]
+        modes += ["semantic"] if embed.available() else []
+        for mode in modes:
+            for name, queries in (("original", QUERIES), ("heldout", HELDOUT)):
+                print(mode, name, json.dumps(evaluate(lib, mode, queries)))
+                if "-v" in sys.argv:
+                    print("\n".join("   " + m for m in misses(lib, mode, queries)))
         lib.close()
 
 
