@@ -57,6 +57,7 @@ class Kernel:
         self._tg: anyio.abc.TaskGroup | None = None
         self._entered: set[str] = set()
         self.auctioneer: Auctioneer | None = None
+        self.librarian: Any | None = None
 
     @classmethod
     def from_config(cls, config: Config, *, clock: Clock | None = None, **kwargs: Any) -> Kernel:
@@ -108,12 +109,27 @@ class Kernel:
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         self._stack.push_async_callback(self._cancel)
         await self._tg.start(self.auctioneer.run)
+        await self._start_librarian()
         if self.start_workers and cfg.workers:
             self._stack.push_async_callback(self._stop_workers)
             for spec in cfg.workers:
                 runtime = await self._runtime(spec.runtime)
                 await runtime.start(spec)
             await self.auctioneer.refresh_workers()  # they are registered: see them at once
+
+    async def _start_librarian(self) -> None:
+        """The librarian: indexes `.memory/` on a schedule and on map changes, answers searches."""
+        cfg = self.config
+        if not cfg.librarian.enabled:
+            return
+        if not Path(cfg.memory_dir).is_dir():
+            log.info("librarian off: memory folder %s does not exist", cfg.memory_dir)
+            return
+        from .librarian.service import LibrarianService
+
+        self.librarian = LibrarianService.from_config(cfg, bus=self.bus, clock=self.clock)
+        assert self._tg is not None
+        await self._tg.start(self.librarian.run)
 
     async def _runtime(self, kind: str) -> Any:
         """The runtime of `kind`, built and entered on first use."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from jarvis_kernel.config import Config, MarketConfig
+from jarvis_kernel.config import Config, LibrarianConfig, MarketConfig
 from jarvis_kernel.kernel import Kernel
 from jarvis_kernel.market.auctioneer import DuplicateTask
 from jarvis_kernel.protocol import (
@@ -26,7 +26,7 @@ from .conftest import BusHarness
 def config(**market: object) -> Config:
     base = {"window_s": 5.0, "max_rounds": 2, "round_backoff_s": 0.01, "pause_poll_s": 30.0}
     base.update(market)
-    return Config(market=MarketConfig(**base))  # type: ignore[arg-type]
+    return Config(market=MarketConfig(**base), librarian=LibrarianConfig(enabled=False))  # type: ignore[arg-type]
 
 
 def open_kernel(harness: BusHarness, **market: object) -> Kernel:
