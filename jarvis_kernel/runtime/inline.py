@@ -129,6 +129,7 @@ class InlineRuntime:
             executor=self._executor_factory(spec),
             events_maxlen=self._events_maxlen,
             poll_s=self._poll_s,
+            take=spec.take,
         )
         slot = _Slot(spec, agent, restarts=0 if old is None else old.restarts)
         self._slots[spec.id] = slot

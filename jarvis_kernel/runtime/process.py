@@ -55,6 +55,8 @@ def worker_argv(
         argv += ["--memory", str(memory_dir)]
     if heartbeat_s is not None:
         argv += ["--heartbeat-s", str(heartbeat_s)]
+    if spec.take != "own":
+        argv += ["--take", spec.take]
     if isinstance(spec.options.get("seed"), int):
         argv += ["--seed", str(spec.options["seed"])]
     return argv

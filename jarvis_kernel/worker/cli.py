@@ -107,6 +107,7 @@ def _settings(args: argparse.Namespace) -> tuple[Config, WorkerConfig]:
         "executor": args.executor,
         "duration_s": args.duration_s,
         "fail_rate": args.fail_rate,
+        "take": args.take,
     }
     try:
         spec = msgspec.convert(fields, WorkerConfig)
@@ -124,13 +125,11 @@ def _handle(args: argparse.Namespace) -> int:
         format=f"%(asctime)s %(levelname)s worker {spec.id} %(name)s: %(message)s",
     )
     memory_dir = Path(args.memory or config.memory_dir)
-    anyio.run(_main, config, spec, executor, memory_dir, args.take)
+    anyio.run(_main, config, spec, executor, memory_dir)
     return 0
 
 
-async def _main(
-    config: Config, spec: WorkerConfig, executor: Executor, memory_dir: Path, take: Any = "own"
-) -> None:
+async def _main(config: Config, spec: WorkerConfig, executor: Executor, memory_dir: Path) -> None:
     async with open_bus(
         config.bus.redis_url, reconnect_timeout_s=config.bus.reconnect_timeout_s
     ) as bus:
@@ -144,7 +143,7 @@ async def _main(
             memory_dir=memory_dir,
             executor=executor,
             events_maxlen=config.bus.events_maxlen,
-            take=take,
+            take=spec.take,
         )
         await _serve(agent)
 
