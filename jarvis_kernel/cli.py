@@ -16,12 +16,13 @@ from typing import Any
 import anyio
 
 from . import __version__
-from .errors import JarvisError
+from .errors import ConfigError, JarvisError
 
 # Modules whose `register(subparsers)` adds subcommands, in the order --help lists them.
 _COMMAND_MODULES = (
     "jarvis_kernel.cli",
     "jarvis_kernel.librarian.cli",
+    "jarvis_kernel.worker.cli",
 )
 
 
@@ -34,16 +35,88 @@ def register(subparsers: Any) -> None:
     run.add_argument("--no-workers", action="store_true", help="serve foreign workers only")
     run.add_argument("--demo", action="store_true", help="a small swarm on the embedded default")
     run.add_argument("--demo-tasks", type=int, default=40, help="tasks the demo submits")
-    run.add_argument("--duration-s", type=float, default=None,
-                     help="stop after this long (the demo spreads its tasks over it; default 15)")
+    run.add_argument(
+        "--duration-s",
+        type=float,
+        default=None,
+        help="stop after this long (the demo spreads its tasks over it; default 15)",
+    )
     run.add_argument("--log-format", choices=["rich", "plain", "json"], default=None)
     run.add_argument("--json", action="store_true", help="print the final summary as JSON")
     run.set_defaults(handler=_cmd_run)
 
+    bench = subparsers.add_parser("bench", help="benchmarks (auction latency)")
+    kinds = bench.add_subparsers(dest="bench", metavar="KIND", required=True)
+    auction = kinds.add_parser("auction", help="market vs fixed window vs FCFS on real Redis")
+    auction.add_argument("--workers", type=int, default=4)
+    auction.add_argument("--tasks", type=int, default=500)
+    auction.add_argument("--redis", help="Redis URL (default: a throwaway redis-server)")
+    auction.add_argument("--modes", default="market,fixed,fcfs")
+    auction.add_argument("--task-s", type=float, default=0.0, help="simulated work per task")
+    auction.add_argument("--json", action="store_true")
+    auction.set_defaults(handler=_cmd_bench_auction)
+
+
+def _cmd_bench_auction(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import MODES, run_auction_bench
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ConfigError(f"--modes: unknown {sorted(unknown)}; expected some of {list(MODES)}")
+    result = anyio.run(
+        lambda: run_auction_bench(
+            workers=args.workers,
+            tasks=args.tasks,
+            redis_url=args.redis,
+            modes=modes,
+            task_s=args.task_s,
+        )
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"auction bench: {args.workers} workers, {args.tasks} tasks")
+    for col in (
+        "mode",
+        "phase",
+        "award p50 ms",
+        "award p99 ms",
+        "start p50 ms",
+        "start p99 ms",
+        "tasks/s",
+    ):
+        table.add_column(col, justify="right")
+    for mode, phases in result["modes"].items():
+        for phase, r in phases.items():
+            award = r["announceToAwardMs"] or {"p50": float("nan"), "p99": float("nan")}
+            start = r["submitToStartMs"]
+            table.add_row(
+                mode,
+                phase,
+                f"{award['p50']:.3f}",
+                f"{award['p99']:.3f}",
+                f"{start['p50']:.1f}",
+                f"{start['p99']:.1f}",
+                f"{r['throughputPerS']:.0f}",
+            )
+    Console().print(table)
+    if result["marketToFcfsThroughput"] is not None:
+        print(f"market / fcfs throughput: {result['marketToFcfsThroughput']:.2f}")
+    return 0
+
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    found = {"bus.redis_url": getattr(args, "redis", None), "bus.namespace": getattr(args, "namespace", None),
-             "log_format": getattr(args, "log_format", None)}
+    found = {
+        "bus.redis_url": getattr(args, "redis", None),
+        "bus.namespace": getattr(args, "namespace", None),
+        "log_format": getattr(args, "log_format", None),
+    }
     return {k: v for k, v in found.items() if v is not None}
 
 
@@ -58,7 +131,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if cfg is None and _overrides(args):
             import msgspec
 
-            config = msgspec.convert({**msgspec.to_builtins(base), **_nested(_overrides(args))}, type(base))
+            config = msgspec.convert(
+                {**msgspec.to_builtins(base), **_nested(_overrides(args))}, type(base)
+            )
     else:
         config = load_config(args.config, overrides=_overrides(args))
     anyio.run(_run, config, args)
@@ -88,7 +163,9 @@ async def _run(config: Any, args: argparse.Namespace) -> None:
     console = Console(stderr=False)
     live_ui = config.log_format == "rich" and console.is_terminal and not args.json
     fmt = "plain" if config.log_format == "rich" else config.log_format
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     view = SwarmView()
 
     def on_event(event: Any) -> None:

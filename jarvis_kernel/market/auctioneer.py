@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from ..bus import Bus, Tx
+from ..bus import Bus, StreamEntry, Tx
 from ..clock import Clock, run_with_timeout
 from ..config import LivenessConfig, MarketConfig
 from ..errors import ProtocolError
@@ -479,27 +479,27 @@ class Auctioneer:
 
     # ------------------------------------------------------------------ outcomes
     async def _outcome_loop(self) -> None:
-        for entry in await self.bus.xreadgroup(
-            self.keys.events, GROUP, GROUP, pending=True, count=10_000
-        ):
-            await self._on_entry(entry.id, entry.fields)
+        events, group = self.keys.events, GROUP
+        backlog = await self.bus.xreadgroup(events, group, group, pending=True, count=10_000)
+        await self._on_entries(backlog)
         while True:
-            entries = await self.bus.xreadgroup(
-                self.keys.events, GROUP, GROUP, count=500, block_s=5.0
+            await self._on_entries(
+                await self.bus.xreadgroup(events, group, group, count=500, block_s=5.0)
             )
-            for entry in entries:
-                await self._on_entry(entry.id, entry.fields)
 
-    async def _on_entry(self, entry_id: str, fields: dict[str, bytes]) -> None:
-        raw = fields.get("event", b"")
-        try:
-            event = decode_event(raw)
-        except ProtocolError as exc:
-            await self._reject(self.keys.events, str(exc), raw)
-            event = None
-        if isinstance(event, TaskStarted | TaskCompleted | TaskFailed):
-            await self._on_outcome(event)
-        await self.bus.xack(self.keys.events, GROUP, entry_id)
+    async def _on_entries(self, entries: list[StreamEntry]) -> None:
+        """Handle a batch of events, then acknowledge it in one call."""
+        for entry in entries:
+            raw = entry.fields.get("event", b"")
+            try:
+                event = decode_event(raw)
+            except ProtocolError as exc:
+                await self._reject(self.keys.events, str(exc), raw)
+                continue
+            if isinstance(event, TaskStarted | TaskCompleted | TaskFailed):
+                await self._on_outcome(event)
+        if entries:
+            await self.bus.xack(self.keys.events, GROUP, *(e.id for e in entries))
 
     async def _on_outcome(self, event: TaskStarted | TaskCompleted | TaskFailed) -> None:
         task_id = event.task_id or ""
@@ -522,7 +522,9 @@ class Auctioneer:
             await self.retry_or_bury(record, raw, f"failed: {event.error_key}")
 
     async def _on_started(self, record: TaskRecord, raw: bytes, event: TaskStarted) -> None:
-        if record.state == "running":
+        # An awarded task is known to be with its worker already; only a task taken from the
+        # shared list needs recording, to learn who holds it.
+        if record.state != "fallback":
             return
         if record.state == "fallback" and event.worker_id:
             self._committed[event.worker_id] += 1

@@ -23,7 +23,9 @@ def test_defaults_mean_in_memory_bus() -> None:
 
 
 def test_file_then_env_then_overrides(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [bus]
 namespace = "from-file"
 [market]
@@ -33,7 +35,8 @@ max_rounds = 5
 id = "w1"
 model = "gemini:pro"
 expertise = { react = 0.9 }
-""")
+""",
+    )
     env = {"JARVIS_MARKET_WINDOW_S": "0.3", "JARVIS_REDIS_URL": "redis://localhost:1/0"}
     config = load_config(path, env=env, overrides={"bus.namespace": "from-cli"})
     assert config.market.window_s == 0.3 and config.market.max_rounds == 5
@@ -47,17 +50,27 @@ expertise = { react = 0.9 }
         ("[market]\nwindow_s = -1\n", {}, ["market.window_s = -1", "> 0.0", "swarm.toml"]),
         ("[market]\nwindow_s = 'soon'\n", {}, ["market.window_s = 'soon'", "Expected `float`"]),
         ("[market]\nwindw_s = 1\n", {}, ["market.windw_s", "unknown setting"]),
-        ("", {"JARVIS_MARKET_MAX_ROUNDS": "many"}, ["market.max_rounds = 'many'", "JARVIS_MARKET_MAX_ROUNDS"]),
+        (
+            "",
+            {"JARVIS_MARKET_MAX_ROUNDS": "many"},
+            ["market.max_rounds = 'many'", "JARVIS_MARKET_MAX_ROUNDS"],
+        ),
         ("", {"JARVIS_BOGUS_THING": "1"}, ["JARVIS_BOGUS_THING", "section"]),
         ("", {"JARVIS_NAMESPACE": "a b"}, ["bus.namespace = 'a b'", "JARVIS_NAMESPACE"]),
         ("[[workers]]\nid = 'w 1'\n", {}, ["workers[0].id", "'w 1'"]),
-        ("[[workers]]\nid = 'w'\nruntime = 'kubernetes'\n", {}, ["workers[0].runtime", "'kubernetes'"]),
+        (
+            "[[workers]]\nid = 'w'\nruntime = 'kubernetes'\n",
+            {},
+            ["workers[0].runtime", "'kubernetes'"],
+        ),
         ("[[workers]]\nid = 'w'\n[[workers]]\nid = 'w'\n", {}, ["duplicate worker id 'w'"]),
         ("[liveness]\nheartbeat_s = 5\ndead_after_s = 3\n", {}, ["dead_after_s", "heartbeat_s"]),
         ("[market\n", {}, ["cannot read config file"]),
     ],
 )
-def test_wrong_values_fail_clearly(tmp_path: Path, toml: str, env: dict[str, str], needles: list[str]) -> None:
+def test_wrong_values_fail_clearly(
+    tmp_path: Path, toml: str, env: dict[str, str], needles: list[str]
+) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, toml), env=env)
     message = str(caught.value)

@@ -29,9 +29,11 @@ from jarvis_kernel.protocol import (
 
 
 def test_task_round_trip_uses_camel_case_and_ignores_unknown_keys() -> None:
-    raw = (b'{"taskId":"t-42","description":"Add NextAuth GitHub login","requiredSkills":["react","auth"],'
-           b'"complexity":0.7,"files":["src/auth.ts"],"requiredModel":null,"priority":2,"timeoutS":30,'
-           b'"maxAttempts":3,"projectId":"atelier-sam","payload":{"k":1},"someFutureKey":true}')
+    raw = (
+        b'{"taskId":"t-42","description":"Add NextAuth GitHub login","requiredSkills":["react","auth"],'
+        b'"complexity":0.7,"files":["src/auth.ts"],"requiredModel":null,"priority":2,"timeoutS":30,'
+        b'"maxAttempts":3,"projectId":"atelier-sam","payload":{"k":1},"someFutureKey":true}'
+    )
     task = decode(raw, Task)
     assert task.required_skills == ["react", "auth"] and task.timeout_s == 30 and task.priority == 2
     encoded = json.loads(encode(task))
@@ -95,7 +97,9 @@ def test_oversized_result_is_rejected_and_a_big_one_is_not() -> None:
     too_big = {"text": "x" * MAX_RESULT_BYTES}
     with pytest.raises(ValueError, match=r"\$\.result"):
         TaskCompleted(at_ms=1, task_id="t", result=too_big)
-    raw = json.dumps({"type": "task.completed", "atMs": 1, "taskId": "t", "result": too_big}).encode()
+    raw = json.dumps(
+        {"type": "task.completed", "atMs": 1, "taskId": "t", "result": too_big}
+    ).encode()
     with pytest.raises(ProtocolError, match="result"):
         decode_event(raw)
 
@@ -145,8 +149,13 @@ def test_dead_letter_cuts_raw_at_64_kib_and_keeps_bad_bytes_readable() -> None:
 def test_keys_are_namespaced_and_namespace_is_checked() -> None:
     keys = Keys("swarm-1")
     assert keys.intake == "swarm-1:intake"
-    assert keys.bids("t-1") == "swarm-1:bids:t-1" and keys.task_id_from_bids("swarm-1:bids:t-1") == "t-1"
-    assert keys.tasks_for("w") == "swarm-1:tasks:w" and keys.processing("w") == "swarm-1:processing:w"
+    assert (
+        keys.bids("t-1") == "swarm-1:bids:t-1"
+        and keys.task_id_from_bids("swarm-1:bids:t-1") == "t-1"
+    )
+    assert (
+        keys.tasks_for("w") == "swarm-1:tasks:w" and keys.processing("w") == "swarm-1:processing:w"
+    )
     assert keys.paused == "swarm-1:swarm:paused" and keys.control("w") == "swarm-1:control:w"
     for bad in ("", "has space", "a:b", "x/y"):
         with pytest.raises(ProtocolError, match="namespace"):

@@ -1,0 +1,74 @@
+"""The standard auction-latency table: 4 and 16 workers, market vs fixed window vs FCFS.
+
+    python benchmarks/auction_latency.py [--tasks 500] [--repeats 3] [--redis URL]
+
+Every mode of one repeat runs on the same redis-server; the figures reported are the medians
+over the repeats (the machine is shared and noisy). Record them in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from typing import Any
+
+import anyio
+
+from jarvis_kernel.bench import run_auction_bench
+
+
+def _median(runs: list[dict[str, Any]], mode: str, path: tuple[str, ...]) -> float:
+    values = []
+    for run in runs:
+        node: Any = run["modes"][mode]
+        for key in path:
+            node = node[key] if node is not None else None
+        if node is not None:
+            values.append(float(node))
+    return statistics.median(values) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", default="4,16")
+    parser.add_argument("--task-s", type=float, default=0.0)
+    parser.add_argument("--redis")
+    args = parser.parse_args()
+    table = []
+    for workers in (int(w) for w in args.workers.split(",")):
+        runs = [
+            anyio.run(
+                lambda: run_auction_bench(
+                    workers=workers, tasks=args.tasks, redis_url=args.redis, task_s=args.task_s
+                )
+            )
+            for _ in range(args.repeats)
+        ]
+        for mode in ("market", "fixed", "fcfs"):
+            table.append(
+                {
+                    "workers": workers,
+                    "mode": mode,
+                    "award_p50_ms": _median(runs, mode, ("announceToAwardMs", "p50")),
+                    "award_p99_ms": _median(runs, mode, ("announceToAwardMs", "p99")),
+                    "start_p50_ms": _median(runs, mode, ("submitToStartMs", "p50")),
+                    "start_p99_ms": _median(runs, mode, ("submitToStartMs", "p99")),
+                    "tasks_per_s": _median(runs, mode, ("throughputPerS",)),
+                }
+            )
+        ratios = [r["marketToFcfsThroughput"] for r in runs if r["marketToFcfsThroughput"]]
+        table.append(
+            {
+                "workers": workers,
+                "mode": "market/fcfs throughput (median)",
+                "ratio": statistics.median(ratios) if ratios else None,
+            }
+        )
+    print(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    main()

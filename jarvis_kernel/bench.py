@@ -1,0 +1,271 @@
+"""The auction-latency harness: the market against its own alternatives, in one run.
+
+``python -m jarvis_kernel bench auction --workers N --tasks M [--redis URL] [--json]`` runs,
+on one real redis-server with N worker processes per mode:
+
+- ``market``: this market, windows closing early once every eligible worker answered;
+- ``fixed``: the same with a fixed 0.5 s window (the original design);
+- ``fcfs``: plain first-come-first-served, workers ``BLMOVE``-ing from one shared list.
+
+and reports per mode announce-to-award and submit-to-start latency (p50, p99) and
+throughput, in two phases: **light** load (100 tasks one at a time, each submitted once
+the previous completed: the latency of the mechanism itself) and **saturated** (all tasks
+at once: throughput, and latency including queueing for the 2 cores). Figures come from
+the event stream after the run, so measuring costs the kernel nothing while it runs.
+Without ``--redis`` it starts a throwaway redis-server of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+
+from .bus.redis import RedisBus
+from .config import BusConfig, Config, LibrarianConfig, LivenessConfig, MarketConfig
+from .kernel import Kernel
+from .protocol import (
+    Keys,
+    Task,
+    TaskAssigned,
+    TaskCompleted,
+    TaskStarted,
+    TaskSubmitted,
+    decode_event,
+    encode,
+)
+from .market.records import assignment_for, TaskRecord
+from .view import percentile
+
+__all__ = ["MODES", "run_auction_bench"]
+
+MODES = ("market", "fixed", "fcfs")
+
+
+@contextlib.contextmanager
+def _redis(url: str | None) -> Iterator[str]:
+    if url:
+        yield url
+        return
+    from .testing import RedisServer
+
+    with RedisServer() as server:
+        yield server.url
+
+
+def _spawn_workers(
+    url: str, ns: str, count: int, *, task_s: float, shared: bool
+) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for i in range(count):
+        argv = [
+            sys.executable,
+            "-m",
+            "jarvis_kernel",
+            "worker",
+            "--id",
+            f"w{i:02d}",
+            "--model",
+            "gemini:flash",
+            "--skills",
+            "bench=0.8",
+            "--capacity",
+            "1",
+            "--redis",
+            url,
+            "--namespace",
+            ns,
+            "--executor",
+            "sim",
+            "--duration-s",
+            str(task_s),
+            "--fail-rate",
+            "0",
+            "--heartbeat-s",
+            "0.5",
+        ]
+        if shared:
+            argv += ["--take", "shared"]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _wait_registered(
+    bus: RedisBus, keys: Keys, count: int, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    with anyio.fail_after(60):
+        while len(await bus.hgetall(keys.workers)) < count:
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a worker process exited during start-up")
+            await anyio.sleep(0.05)
+
+
+def _tasks(ns: str, count: int) -> list[Task]:
+    return [
+        Task(
+            task_id=f"{ns}-{i:05d}", description="bench", required_skills=["bench"], complexity=0.3
+        )
+        for i in range(count)
+    ]
+
+
+def _figures(events: list[Any], submitted_at: dict[str, float], tasks: set[str]) -> dict[str, Any]:
+    """Latencies and throughput of the tasks in `tasks`, from the event stream."""
+    started: dict[str, int] = {}
+    award_ms: list[float] = []
+    completed_at: list[int] = []
+    for event in events:
+        if event.task_id not in tasks:
+            continue
+        if isinstance(event, TaskAssigned):
+            award_ms.append(event.auction_ms)
+        elif isinstance(event, TaskStarted):
+            started.setdefault(event.task_id, event.at_ms)
+        elif isinstance(event, TaskCompleted):
+            completed_at.append(event.at_ms)
+    to_start = [started[t] - submitted_at[t] for t in started if t in submitted_at]
+    span_s = (max(completed_at) - min(submitted_at[t] for t in tasks)) / 1000 if completed_at else 0
+    return {
+        "announceToAwardMs": {
+            "p50": percentile(award_ms, 0.5),
+            "p99": percentile(award_ms, 0.99),
+            "n": len(award_ms),
+        }
+        if award_ms
+        else None,
+        "submitToStartMs": {"p50": percentile(to_start, 0.5), "p99": percentile(to_start, 0.99)},
+        "throughputPerS": len(completed_at) / span_s if span_s > 0 else 0.0,
+    }
+
+
+async def _all_events(bus: RedisBus, keys: Keys) -> list[Any]:
+    entries = await bus.xrange(keys.events)
+    return [decode_event(e.fields["event"]) for e in entries]
+
+
+async def _wait_completed(bus: RedisBus, keys: Keys, wanted: set[str], group: str) -> None:
+    """Read the event stream as consumer group `group` (made before the tasks were submitted)
+    until every task in `wanted` has completed."""
+    left = set(wanted)
+    with anyio.fail_after(600):
+        while left:
+            for entry in await bus.xreadgroup(keys.events, group, "b", count=1000, block_s=1.0):
+                raw = entry.fields.get("event", b"")
+                if b'"task.completed"' in raw:
+                    left.discard(decode_event(raw).task_id or "")
+
+
+async def _submit_market(kernel: Kernel, task: Task, submitted_at: dict[str, float]) -> None:
+    submitted_at[task.task_id] = time.time() * 1000
+    await kernel.submit(task)
+
+
+async def _submit_fcfs(
+    bus: RedisBus, keys: Keys, task: Task, submitted_at: dict[str, float]
+) -> None:
+    now = time.time() * 1000
+    submitted_at[task.task_id] = now
+    await bus.lpush(keys.tasks, encode(assignment_for(TaskRecord(task=task), int(now))))
+
+
+async def _phases(
+    submit: Any, bus: RedisBus, keys: Keys, ns: str, light: int, heavy: int
+) -> dict[str, Any]:
+    """Light load (one task at a time, closed loop), then saturation (all at once)."""
+    submitted_at: dict[str, float] = {}
+    light_tasks = _tasks(f"{ns}-l", light)
+    await bus.xgroup_create(keys.events, "light", start_id="$")
+    for task in light_tasks:
+        await submit(task, submitted_at)
+        await _wait_completed(bus, keys, {task.task_id}, "light")
+    heavy_tasks = _tasks(f"{ns}-h", heavy)
+    await bus.xgroup_create(keys.events, "heavy", start_id="$")
+    for task in heavy_tasks:
+        await submit(task, submitted_at)
+    await _wait_completed(bus, keys, {t.task_id for t in heavy_tasks}, "heavy")
+    events = await _all_events(bus, keys)
+    return {
+        "light": _figures(events, submitted_at, {t.task_id for t in light_tasks}),
+        "saturated": _figures(events, submitted_at, {t.task_id for t in heavy_tasks}),
+    }
+
+
+async def _run_mode(url: str, mode: str, workers: int, tasks: int, task_s: float) -> dict[str, Any]:
+    ns = f"bench-{mode}-{uuid.uuid4().hex[:6]}"
+    keys = Keys(ns)
+    bus = RedisBus.from_url(url)
+    procs = _spawn_workers(url, ns, workers, task_s=task_s, shared=mode == "fcfs")
+    light = min(100, tasks)
+    try:
+        await _wait_registered(bus, keys, workers, procs)
+        if mode == "fcfs":
+            return await _phases(
+                lambda t, at: _submit_fcfs(bus, keys, t, at), bus, keys, ns, light, tasks
+            )
+        market = MarketConfig(
+            window_s=0.5, early_close=mode == "market", max_rounds=3, max_concurrent_auctions=256
+        )
+        config = Config(
+            bus=BusConfig(redis_url=url, namespace=ns),
+            market=market,
+            liveness=LivenessConfig(heartbeat_s=0.5, dead_after_s=3.0),
+            librarian=LibrarianConfig(enabled=False),
+        )
+        async with Kernel.from_config(config) as kernel:
+            await kernel.market.refresh_workers()
+            return await _phases(
+                lambda t, at: _submit_market(kernel, t, at), bus, keys, ns, light, tasks
+            )
+    finally:
+        _stop(procs)
+        await bus.aclose()
+
+
+async def run_auction_bench(
+    *,
+    workers: int,
+    tasks: int,
+    redis_url: str | None = None,
+    modes: tuple[str, ...] = MODES,
+    task_s: float = 0.0,
+) -> dict[str, Any]:
+    """Run the modes one after the other on one redis-server; return their figures."""
+    with _redis(redis_url) as url:
+        results = {mode: await _run_mode(url, mode, workers, tasks, task_s) for mode in modes}
+    market, fcfs = results.get("market"), results.get("fcfs")
+    ratio = None
+    if market and fcfs and fcfs["saturated"]["throughputPerS"]:
+        ratio = market["saturated"]["throughputPerS"] / fcfs["saturated"]["throughputPerS"]
+    return {
+        "workers": workers,
+        "tasks": tasks,
+        "taskS": task_s,
+        "modes": results,
+        "marketToFcfsThroughput": ratio,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+    }
