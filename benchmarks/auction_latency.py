@@ -41,8 +41,8 @@ def main() -> None:
     for workers in (int(w) for w in args.workers.split(",")):
         runs = [
             anyio.run(
-                lambda: run_auction_bench(
-                    workers=workers, tasks=args.tasks, redis_url=args.redis, task_s=args.task_s
+                lambda w=workers: run_auction_bench(
+                    workers=w, tasks=args.tasks, redis_url=args.redis, task_s=args.task_s
                 )
             )
             for _ in range(args.repeats)

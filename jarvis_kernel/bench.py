@@ -33,17 +33,16 @@ import anyio
 from .bus.redis import RedisBus
 from .config import BusConfig, Config, LibrarianConfig, LivenessConfig, MarketConfig
 from .kernel import Kernel
+from .market.records import TaskRecord, assignment_for
 from .protocol import (
     Keys,
     Task,
     TaskAssigned,
     TaskCompleted,
     TaskStarted,
-    TaskSubmitted,
     decode_event,
     encode,
 )
-from .market.records import assignment_for, TaskRecord
 from .view import percentile
 
 __all__ = ["MODES", "run_auction_bench"]
@@ -140,7 +139,7 @@ def _figures(events: list[Any], submitted_at: dict[str, float], tasks: set[str])
             continue
         if isinstance(event, TaskAssigned):
             award_ms.append(event.auction_ms)
-        elif isinstance(event, TaskStarted):
+        elif isinstance(event, TaskStarted) and event.task_id:
             started.setdefault(event.task_id, event.at_ms)
         elif isinstance(event, TaskCompleted):
             completed_at.append(event.at_ms)

@@ -174,18 +174,18 @@ async def _run(config: Any, args: argparse.Namespace) -> None:
             print(line, flush=True)
 
     duration = args.duration_s if args.duration_s is not None else (15.0 if args.demo else None)
-    async with Kernel.from_config(config, start_workers=not args.no_workers) as kernel:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, tg.cancel_scope)
-            tg.start_soon(runcmd.follow_events, kernel.bus, kernel.keys, view, on_event)
-            if live_ui:
-                tg.start_soon(_live, console, view, kernel)
-            if args.demo:
-                await runcmd.feed_demo(kernel, count=args.demo_tasks, over_s=duration or 15.0)
-                tg.cancel_scope.cancel()
-            elif duration is not None:
-                await anyio.sleep(duration)
-                tg.cancel_scope.cancel()
+    kernel = Kernel.from_config(config, start_workers=not args.no_workers)
+    async with kernel, anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signal, tg.cancel_scope)
+        tg.start_soon(runcmd.follow_events, kernel.bus, kernel.keys, view, on_event)
+        if live_ui:
+            tg.start_soon(_live, console, view, kernel)
+        if args.demo:
+            await runcmd.feed_demo(kernel, count=args.demo_tasks, over_s=duration or 15.0)
+            tg.cancel_scope.cancel()
+        elif duration is not None:
+            await anyio.sleep(duration)
+            tg.cancel_scope.cancel()
     # Fold in what happened during the drain, then the summary.
     runcmd.show(console, view, kernel, args.json)
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 __all__ = ["Clock", "FakeClock", "SystemClock", "run_with_timeout"]
 
@@ -99,7 +100,7 @@ class FakeClock:
     async def wait_for_sleepers(self, count: int = 1) -> None:
         """Yield until at least `count` tasks sleep on this clock (use under `fail_after`)."""
         while self.sleepers < count:
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
 
 async def _settle(rounds: int = 5) -> None:

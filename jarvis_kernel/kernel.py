@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -88,7 +89,7 @@ class Kernel:
     async def _start(self) -> None:
         cfg = self.config
         if self._bus is None:
-            from .bus import open_bus  # type: ignore[attr-defined]
+            from .bus import open_bus
 
             self._bus = await self._stack.enter_async_context(
                 open_bus(
@@ -122,7 +123,7 @@ class Kernel:
         cfg = self.config
         if not cfg.librarian.enabled:
             return
-        if not Path(cfg.memory_dir).is_dir():
+        if not await anyio.Path(cfg.memory_dir).is_dir():
             log.info("librarian off: memory folder %s does not exist", cfg.memory_dir)
             return
         from .librarian.service import LibrarianService
@@ -179,7 +180,7 @@ class Kernel:
             async with anyio.create_task_group() as tg:
                 for runtime in self.runtimes.values():
                     for worker_id in list(runtime.workers()):
-                        tg.start_soon(lambda r=runtime, w=worker_id: r.stop(w, grace_s=grace))
+                        tg.start_soon(partial(runtime.stop, worker_id, grace_s=grace))
 
     async def _cancel(self) -> None:
         """Drain: no new auction; those open finish; then the services stop."""

@@ -342,7 +342,9 @@ def decode(data: bytes | str, tp: type[T]) -> T:
     except msgspec.ValidationError as exc:
         text = str(exc)
         match = _PATH.search(text)
-        raise ProtocolError(f"invalid {tp.__name__}: {text}", path=match and match.group(1)) from exc
+        raise ProtocolError(
+            f"invalid {tp.__name__}: {text}", path=match and match.group(1)
+        ) from exc
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"invalid {tp.__name__}: not valid JSON: {exc}") from exc
 

@@ -18,7 +18,15 @@ from rich.table import Table
 from .bus import Bus
 from .demo import demo_tasks
 from .kernel import Kernel
-from .protocol import GenericEvent, Keys, TaskAssigned, TaskCompleted, TaskDead, TaskFailed, decode_event
+from .protocol import (
+    GenericEvent,
+    Keys,
+    TaskAssigned,
+    TaskCompleted,
+    TaskDead,
+    TaskFailed,
+    decode_event,
+)
 from .view import SwarmView, percentile
 
 __all__ = ["feed_demo", "follow_events", "render", "render_summary"]
@@ -26,7 +34,9 @@ __all__ = ["feed_demo", "follow_events", "render", "render_summary"]
 log = logging.getLogger("jarvis_kernel")
 
 
-async def follow_events(bus: Bus, keys: Keys, view: SwarmView, on_event: Any, *, every_s: float = 0.2) -> None:
+async def follow_events(
+    bus: Bus, keys: Keys, view: SwarmView, on_event: Any, *, every_s: float = 0.2
+) -> None:
     """Fold every new event of the stream into `view` (and hand it to `on_event`), forever."""
     last = "0-0"
     while True:
@@ -36,7 +46,7 @@ async def follow_events(bus: Bus, keys: Keys, view: SwarmView, on_event: Any, *,
             last = entry.id
             try:
                 event = decode_event(entry.fields.get("event", b""))
-            except Exception:  # noqa: BLE001 - a bad event is the kernel's to reject, not ours
+            except Exception:
                 continue
             view.apply(event)
             on_event(event)
@@ -54,7 +64,10 @@ def log_line(event: Any, fmt: str) -> str | None:
         return msgspec.json.encode(event).decode()
     detail = ""
     if isinstance(event, TaskAssigned):
-        detail = f"score={event.score:.2f} bids={event.bids} round={event.round} auction={event.auction_ms:.2f}ms"
+        detail = (
+            f"score={event.score:.2f} bids={event.bids} round={event.round} "
+            f"auction={event.auction_ms:.2f}ms"
+        )
     elif isinstance(event, TaskFailed):
         detail = f"error={event.error_key}"
     return f"{kind:<15} {event.task_id:<12} {event.worker_id or '':<10} {detail}"
@@ -67,20 +80,31 @@ def render(view: SwarmView, kernel: Kernel) -> Group:
         workers.add_column(col, justify="right" if col != "worker" else "left")
     for worker_id, t in sorted(view.workers.items()):
         mean = t.score_sum / t.won if t.won else 0.0
-        workers.add_row(worker_id, str(t.won), str(t.completed), str(t.failed), str(t.tokens), f"{mean:.2f}")
+        workers.add_row(
+            worker_id, str(t.won), str(t.completed), str(t.failed), str(t.tokens), f"{mean:.2f}"
+        )
     auctions = Table(title="recent auctions", expand=True)
     for col in ("task", "winner", "score", "bids", "round", "ms"):
         auctions.add_column(col)
     for row in reversed(view.auctions):
-        auctions.add_row(row.task_id, row.worker_id, f"{row.score:.2f}", str(row.bids), str(row.round),
-                         f"{row.auction_ms:.2f}")
+        auctions.add_row(
+            row.task_id,
+            row.worker_id,
+            f"{row.score:.2f}",
+            str(row.bids),
+            str(row.round),
+            f"{row.auction_ms:.2f}",
+        )
     stats = kernel.stats()
     c = view.counts
-    line = (f"submitted {c['task.submitted']}  assigned {c['task.assigned']}  completed {c['task.completed']}  "
-            f"failed {c['task.failed']}  fallback {c['task.fallback']}  dead {c['task.dead']}  |  "
-            f"queued {stats['queued']}  open auctions {stats['openAuctions']}  |  "
-            f"award p50 {percentile(view.award_ms, 0.5):.2f} ms  p99 {percentile(view.award_ms, 0.99):.2f} ms"
-            + ("  |  PAUSED" if stats["paused"] else ""))
+    line = (
+        f"submitted {c['task.submitted']}  assigned {c['task.assigned']}  "
+        f"completed {c['task.completed']}  failed {c['task.failed']}  "
+        f"fallback {c['task.fallback']}  dead {c['task.dead']}  |  "
+        f"queued {stats['queued']}  open auctions {stats['openAuctions']}  |  "
+        f"award p50 {percentile(view.award_ms, 0.5):.2f} ms  "
+        f"p99 {percentile(view.award_ms, 0.99):.2f} ms" + ("  |  PAUSED" if stats["paused"] else "")
+    )
     return Group(workers, auctions, line)
 
 
@@ -89,12 +113,23 @@ def render_summary(view: SwarmView) -> Table:
     table.add_column("measure")
     table.add_column("value", justify="right")
     s = view.summary()
-    for kind in ("task.submitted", "task.assigned", "task.completed", "task.failed", "task.requeued",
-                 "task.fallback", "task.dead"):
+    for kind in (
+        "task.submitted",
+        "task.assigned",
+        "task.completed",
+        "task.failed",
+        "task.requeued",
+        "task.fallback",
+        "task.dead",
+    ):
         table.add_row(kind, str(view.counts[kind]))
-    table.add_row("announce-to-award p50 / p99 (ms)", f"{s['awardMs']['p50']:.2f} / {s['awardMs']['p99']:.2f}")
-    table.add_row("submit-to-start p50 / p99 (ms)",
-                  f"{s['submitToStartMs']['p50']:.0f} / {s['submitToStartMs']['p99']:.0f}")
+    table.add_row(
+        "announce-to-award p50 / p99 (ms)", f"{s['awardMs']['p50']:.2f} / {s['awardMs']['p99']:.2f}"
+    )
+    table.add_row(
+        "submit-to-start p50 / p99 (ms)",
+        f"{s['submitToStartMs']['p50']:.0f} / {s['submitToStartMs']['p99']:.0f}",
+    )
     table.add_row("throughput (tasks/s)", f"{s['throughputPerS']:.2f}")
     for worker_id, t in sorted(view.workers.items()):
         table.add_row(f"worker {worker_id}", f"won {t.won}, done {t.completed}, failed {t.failed}")
@@ -123,4 +158,4 @@ def show(console: Console, view: SwarmView, kernel: Kernel, as_json: bool) -> No
         console.print(render_summary(view))
 
 
-__all__ += ["Live", "log_line", "show", "GenericEvent"]
+__all__ += ["GenericEvent", "Live", "log_line", "show"]

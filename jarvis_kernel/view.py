@@ -92,8 +92,11 @@ class SwarmView:
         tally.won += 1
         tally.score_sum += event.score
         self.award_ms.append(event.auction_ms)
-        self.auctions.append(AuctionRow(event.task_id or "?", worker, event.score, event.bids,
-                                        event.round, event.auction_ms))
+        self.auctions.append(
+            AuctionRow(
+                event.task_id or "?", worker, event.score, event.bids, event.round, event.auction_ms
+            )
+        )
 
     def _outcome(self, event: TaskProgress | TaskCompleted | TaskFailed) -> None:
         tally = self._tally(event.worker_id or "?")
@@ -115,10 +118,15 @@ class SwarmView:
         """Plain data for `--json` and the benchmark."""
         return {
             "counts": dict(self.counts),
-            "awardMs": {"p50": percentile(self.award_ms, 0.5), "p99": percentile(self.award_ms, 0.99),
-                        "mean": statistics.fmean(self.award_ms) if self.award_ms else 0.0},
-            "submitToStartMs": {"p50": percentile(self.start_latency_ms, 0.5),
-                                "p99": percentile(self.start_latency_ms, 0.99)},
+            "awardMs": {
+                "p50": percentile(self.award_ms, 0.5),
+                "p99": percentile(self.award_ms, 0.99),
+                "mean": statistics.fmean(self.award_ms) if self.award_ms else 0.0,
+            },
+            "submitToStartMs": {
+                "p50": percentile(self.start_latency_ms, 0.5),
+                "p99": percentile(self.start_latency_ms, 0.99),
+            },
             "throughputPerS": self.throughput_per_s,
             "workers": {w: msgspec.to_builtins(t) for w, t in sorted(self.workers.items())},
         }

@@ -30,7 +30,7 @@ def _b(value: Value) -> bytes:
 
 
 class _Waiter:
-    __slots__ = ("dst", "dst_end", "done", "result", "src_end")
+    __slots__ = ("done", "dst", "dst_end", "result", "src_end")
 
     def __init__(self, dst: str, src_end: End, dst_end: End) -> None:
         self.dst, self.src_end, self.dst_end = dst, src_end, dst_end
@@ -140,7 +140,9 @@ class MemoryBus:
                 return None
             value = self._data[key] = kind()
         elif not isinstance(value, kind):
-            raise BusError(f"WRONGTYPE: {key!r} holds a {type(value).__name__}, not a {kind.__name__}")
+            raise BusError(
+                f"WRONGTYPE: {key!r} holds a {type(value).__name__}, not a {kind.__name__}"
+            )
         return value
 
     def _drop_if_empty(self, key: str) -> None:
@@ -270,7 +272,11 @@ class MemoryBus:
     async def scan_keys(self, pattern: str) -> list[str]:
         self._check()
         await anyio.lowlevel.checkpoint()
-        return sorted(k for k in list(self._data) if fnmatch.fnmatchcase(k, pattern) and self._live(k) is not None)
+        return sorted(
+            k
+            for k in list(self._data)
+            if fnmatch.fnmatchcase(k, pattern) and self._live(k) is not None
+        )
 
     # ------------------------------------------------------------------ lists
     async def lpush(self, key: str, *values: Value) -> int:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 
 from ..bus import Bus, StreamEntry, Tx
@@ -184,20 +185,20 @@ class Auctioneer:
         await self.bus.xgroup_create(self.keys.events, GROUP)
         await self._recover()
         await self.refresh_workers()
-        async with self.bus.subscribe(patterns=[self.keys.bids_pattern]) as bids:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._bid_loop, bids)
-                tg.start_soon(self._intake_loop)
-                tg.start_soon(self._outcome_loop)
-                tg.start_soon(self._liveness_loop)
-                tg.start_soon(self._pause_loop)
-                tg.start_soon(self._dispatch_loop, tg)
-                task_status.started()
+        subscription = self.bus.subscribe(patterns=[self.keys.bids_pattern])
+        async with subscription as bids, anyio.create_task_group() as tg:
+            tg.start_soon(self._bid_loop, bids)
+            tg.start_soon(self._intake_loop)
+            tg.start_soon(self._outcome_loop)
+            tg.start_soon(self._liveness_loop)
+            tg.start_soon(self._pause_loop)
+            tg.start_soon(self._dispatch_loop, tg)
+            task_status.started()
 
     async def wait_idle(self) -> None:
         """Return once no auction is open (used when draining)."""
         while self._auctions:
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------------ intake
     async def _recover(self) -> None:
@@ -547,7 +548,7 @@ class Auctioneer:
     async def retry_or_bury(
         self, record: TaskRecord, raw: bytes, reason: str, *, extra: Tx | None = None
     ) -> bool:
-        """Take a task back: auction it again with attempt + 1, or dead-letter it when out of tries."""
+        """Take a task back: auction it again with attempt + 1, or dead-letter it at the last."""
         task_id, now = record.task.task_id, self.clock.time_ms()
         if record.attempt < record.task.max_attempts:
             again = msgspec.structs.replace(

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from jarvis_kernel import Kernel, Task
-from jarvis_kernel.config import BusConfig, Config, LibrarianConfig, MarketConfig
+from jarvis_kernel.config import Config, MarketConfig
 
 pytestmark = pytest.mark.redis
 

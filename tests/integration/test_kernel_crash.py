@@ -110,6 +110,10 @@ async def test_kernel_killed_mid_auction_loses_nothing_and_awards_once(redis_url
             kernel.stderr.close()
         await bus.aclose()
 
+    await check_outcome(redis_url, keys, workers)
+
+
+async def check_outcome(redis_url: str, keys: Keys, workers: list[ScriptedWorker]) -> None:
     events = [decode_event(e.fields["event"]) for e in await bus_entries(redis_url, keys)]
     assigned = Counter((e.task_id, e.attempt) for e in events if type(e).__name__ == "TaskAssigned")
     completed = Counter(e.task_id for e in events if type(e).__name__ == "TaskCompleted")

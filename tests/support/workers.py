@@ -66,30 +66,30 @@ class ScriptedWorker:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         await self.register()
-        async with self.bus.subscribe(channels=[self.keys.market]) as sub:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._take_loop)
-                tg.start_soon(self._heartbeat_loop)
-                task_status.started()
-                async for message in sub:
-                    announce = decode(message.data, Announce)
-                    self.announces.append(announce)
-                    score = self.score(announce) if callable(self.score) else self.score
-                    if score is None:
-                        continue  # stay silent
-                    if not self.gate.is_set():
-                        self.holding_bid.set()
-                        await self.gate.wait()
-                    bid = Bid(
-                        task_id=announce.task_id,
-                        round=announce.round,
-                        worker_id=self.worker_id,
-                        score=score,
-                        model=self.model,
-                        load=0,
-                        capacity=self.capacity,
-                    )
-                    await self.bus.publish(self.keys.bids(announce.task_id), encode(bid))
+        subscription = self.bus.subscribe(channels=[self.keys.market])
+        async with subscription as sub, anyio.create_task_group() as tg:
+            tg.start_soon(self._take_loop)
+            tg.start_soon(self._heartbeat_loop)
+            task_status.started()
+            async for message in sub:
+                announce = decode(message.data, Announce)
+                self.announces.append(announce)
+                score = self.score(announce) if callable(self.score) else self.score
+                if score is None:
+                    continue  # stay silent
+                if not self.gate.is_set():
+                    self.holding_bid.set()
+                    await self.gate.wait()
+                bid = Bid(
+                    task_id=announce.task_id,
+                    round=announce.round,
+                    worker_id=self.worker_id,
+                    score=score,
+                    model=self.model,
+                    load=0,
+                    capacity=self.capacity,
+                )
+                await self.bus.publish(self.keys.bids(announce.task_id), encode(bid))
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -30,7 +30,8 @@ from jarvis_kernel.protocol import (
 
 def test_task_round_trip_uses_camel_case_and_ignores_unknown_keys() -> None:
     raw = (
-        b'{"taskId":"t-42","description":"Add NextAuth GitHub login","requiredSkills":["react","auth"],'
+        b'{"taskId":"t-42","description":"Add NextAuth GitHub login",'
+        b'"requiredSkills":["react","auth"],'
         b'"complexity":0.7,"files":["src/auth.ts"],"requiredModel":null,"priority":2,"timeoutS":30,'
         b'"maxAttempts":3,"projectId":"atelier-sam","payload":{"k":1},"someFutureKey":true}'
     )
