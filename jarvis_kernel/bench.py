@@ -163,15 +163,19 @@ async def _all_events(bus: RedisBus, keys: Keys) -> list[Any]:
     return [decode_event(e.fields["event"]) for e in entries]
 
 
-async def _wait_completed(bus: RedisBus, keys: Keys, wanted: set[str], group: str) -> None:
+async def _wait_ended(
+    bus: RedisBus, keys: Keys, wanted: set[str], group: str, endings: tuple[bytes, ...]
+) -> None:
     """Read the event stream as consumer group `group` (made before the tasks were submitted)
-    until every task in `wanted` has completed."""
+    until every task in `wanted` has ended: an event whose type is in `endings` (the market
+    retries a failed task itself, so there only completed or dead ends it; with plain FCFS
+    nothing retries, so a failure ends it too)."""
     left = set(wanted)
     with anyio.fail_after(600):
         while left:
             for entry in await bus.xreadgroup(keys.events, group, "b", count=1000, block_s=1.0):
                 raw = entry.fields.get("event", b"")
-                if b'"task.completed"' in raw:
+                if any(ending in raw for ending in endings):
                     left.discard(decode_event(raw).task_id or "")
 
 
@@ -188,8 +192,18 @@ async def _submit_fcfs(
     await bus.lpush(keys.tasks, encode(assignment_for(TaskRecord(task=task), int(now))))
 
 
+_MARKET_ENDS = (b'"task.completed"', b'"task.dead"')
+_FCFS_ENDS = (b'"task.completed"', b'"task.failed"')
+
+
 async def _phases(
-    submit: Any, bus: RedisBus, keys: Keys, ns: str, light: int, heavy: int
+    submit: Any,
+    bus: RedisBus,
+    keys: Keys,
+    ns: str,
+    light: int,
+    heavy: int,
+    endings: tuple[bytes, ...] = _MARKET_ENDS,
 ) -> dict[str, Any]:
     """Light load (one task at a time, closed loop), then saturation (all at once)."""
     submitted_at: dict[str, float] = {}
@@ -197,12 +211,12 @@ async def _phases(
     await bus.xgroup_create(keys.events, "light", start_id="$")
     for task in light_tasks:
         await submit(task, submitted_at)
-        await _wait_completed(bus, keys, {task.task_id}, "light")
+        await _wait_ended(bus, keys, {task.task_id}, "light", endings)
     heavy_tasks = _tasks(f"{ns}-h", heavy)
     await bus.xgroup_create(keys.events, "heavy", start_id="$")
     for task in heavy_tasks:
         await submit(task, submitted_at)
-    await _wait_completed(bus, keys, {t.task_id for t in heavy_tasks}, "heavy")
+    await _wait_ended(bus, keys, {t.task_id for t in heavy_tasks}, "heavy", endings)
     events = await _all_events(bus, keys)
     return {
         "light": _figures(events, submitted_at, {t.task_id for t in light_tasks}),
@@ -220,7 +234,13 @@ async def _run_mode(url: str, mode: str, workers: int, tasks: int, task_s: float
         await _wait_registered(bus, keys, workers, procs)
         if mode == "fcfs":
             return await _phases(
-                lambda t, at: _submit_fcfs(bus, keys, t, at), bus, keys, ns, light, tasks
+                lambda t, at: _submit_fcfs(bus, keys, t, at),
+                bus,
+                keys,
+                ns,
+                light,
+                tasks,
+                _FCFS_ENDS,
             )
         market = MarketConfig(
             window_s=0.5, early_close=mode == "market", max_rounds=3, max_concurrent_auctions=256
