@@ -3,7 +3,9 @@
     python benchmarks/auction_latency.py [--tasks 500] [--repeats 3] [--redis URL]
 
 Every mode of one repeat runs on the same redis-server; the figures reported are the medians
-over the repeats (the machine is shared and noisy). Record them in benchmarks/RESULTS.md.
+over the repeats (the machine is shared and noisy). Each mode runs a light phase (tasks one
+at a time: the mechanism's latency) and a saturated one (all at once: throughput). Record
+the figures in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import anyio
 from jarvis_kernel.bench import run_auction_bench
 
 
-def _median(runs: list[dict[str, Any]], mode: str, path: tuple[str, ...]) -> float:
+def _median(runs: list[dict[str, Any]], mode: str, phase: str, *path: str) -> float:
     values = []
     for run in runs:
-        node: Any = run["modes"][mode]
+        node: Any = run["modes"][mode][phase]
         for key in path:
             node = node[key] if node is not None else None
         if node is not None:
@@ -48,17 +50,19 @@ def main() -> None:
             for _ in range(args.repeats)
         ]
         for mode in ("market", "fixed", "fcfs"):
-            table.append(
-                {
-                    "workers": workers,
-                    "mode": mode,
-                    "award_p50_ms": _median(runs, mode, ("announceToAwardMs", "p50")),
-                    "award_p99_ms": _median(runs, mode, ("announceToAwardMs", "p99")),
-                    "start_p50_ms": _median(runs, mode, ("submitToStartMs", "p50")),
-                    "start_p99_ms": _median(runs, mode, ("submitToStartMs", "p99")),
-                    "tasks_per_s": _median(runs, mode, ("throughputPerS",)),
-                }
-            )
+            for phase in ("light", "saturated"):
+                table.append(
+                    {
+                        "workers": workers,
+                        "mode": mode,
+                        "phase": phase,
+                        "award_p50_ms": _median(runs, mode, phase, "announceToAwardMs", "p50"),
+                        "award_p99_ms": _median(runs, mode, phase, "announceToAwardMs", "p99"),
+                        "start_p50_ms": _median(runs, mode, phase, "submitToStartMs", "p50"),
+                        "start_p99_ms": _median(runs, mode, phase, "submitToStartMs", "p99"),
+                        "tasks_per_s": _median(runs, mode, phase, "throughputPerS"),
+                    }
+                )
         ratios = [r["marketToFcfsThroughput"] for r in runs if r["marketToFcfsThroughput"]]
         table.append(
             {

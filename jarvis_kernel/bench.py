@@ -23,12 +23,15 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 from .bus.redis import RedisBus
 from .config import BusConfig, Config, LibrarianConfig, LivenessConfig, MarketConfig
@@ -61,9 +64,15 @@ def _redis(url: str | None) -> Iterator[str]:
         yield server.url
 
 
-def _spawn_workers(
-    url: str, ns: str, count: int, *, task_s: float, shared: bool
-) -> list[subprocess.Popen[bytes]]:
+class _Worker(msgspec.Struct):
+    proc: subprocess.Popen[bytes]
+    log: Path  # its stderr, so a worker that dies at start can say why
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:]
+
+
+def _spawn_workers(url: str, ns: str, count: int, *, task_s: float, shared: bool) -> list[_Worker]:
     procs = []
     for i in range(count):
         argv = [
@@ -94,29 +103,33 @@ def _spawn_workers(
         ]
         if shared:
             argv += ["--take", "shared"]
-        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with tempfile.NamedTemporaryFile(
+            prefix="jarvis-bench-", suffix=".log", delete=False
+        ) as log:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+        procs.append(_Worker(proc, Path(log.name)))
     return procs
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
+def _stop(workers: list[_Worker]) -> None:
+    for worker in workers:
+        if worker.proc.poll() is None:
+            worker.proc.send_signal(signal.SIGTERM)
+    for worker in workers:
         try:
-            proc.wait(timeout=10)
+            worker.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            worker.proc.kill()
+            worker.proc.wait()
+        worker.log.unlink(missing_ok=True)
 
 
-async def _wait_registered(
-    bus: RedisBus, keys: Keys, count: int, procs: list[subprocess.Popen[bytes]]
-) -> None:
+async def _wait_registered(bus: RedisBus, keys: Keys, count: int, procs: list[_Worker]) -> None:
     with anyio.fail_after(60):
         while len(await bus.hgetall(keys.workers)) < count:
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError("a worker process exited during start-up")
+            for worker in procs:
+                if worker.proc.poll() is not None:
+                    raise RuntimeError(f"a worker exited during start-up:\n{worker.tail()}")
             await anyio.sleep(0.05)
 
 

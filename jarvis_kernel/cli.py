@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import anyio
 
 from . import __version__
 from .errors import ConfigError, JarvisError
+
+T = TypeVar("T")
 
 # Modules whose `register(subparsers)` adds subcommands, in the order --help lists them.
 _COMMAND_MODULES = (
@@ -24,6 +27,25 @@ _COMMAND_MODULES = (
     "jarvis_kernel.librarian.cli",
     "jarvis_kernel.worker.cli",
 )
+
+
+def run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """`anyio.run` on uvloop when it is installed (``JARVIS_UVLOOP=0`` turns it off).
+
+    uvloop cuts the event loop's cost per message, which is most of a bid's latency when
+    many worker processes share few cores (benchmarks/RESULTS.md).
+    """
+    wanted = os.environ.get("JARVIS_UVLOOP", "auto").strip().lower()
+    options: dict[str, Any] = {}
+    if wanted not in {"0", "false", "no"}:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            if wanted in {"1", "true", "yes"}:
+                raise ConfigError("JARVIS_UVLOOP=1 but uvloop is not installed") from None
+        else:
+            options = {"use_uvloop": True}
+    return anyio.run(fn, *args, backend_options=options)
 
 
 def register(subparsers: Any) -> None:
@@ -66,7 +88,7 @@ def _cmd_bench_auction(args: argparse.Namespace) -> int:
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ConfigError(f"--modes: unknown {sorted(unknown)}; expected some of {list(MODES)}")
-    result = anyio.run(
+    result = run_async(
         lambda: run_auction_bench(
             workers=args.workers,
             tasks=args.tasks,
@@ -136,7 +158,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
     else:
         config = load_config(args.config, overrides=_overrides(args))
-    anyio.run(_run, config, args)
+    run_async(_run, config, args)
     return 0
 
 
