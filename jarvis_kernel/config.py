@@ -24,6 +24,7 @@ from .protocol import ID_PATTERN, NAMESPACE_PATTERN
 __all__ = [
     "BusConfig",
     "Config",
+    "DockerConfig",
     "GuardianConfig",
     "LibrarianConfig",
     "LivenessConfig",
@@ -144,6 +145,35 @@ class LibrarianConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields
     reply_ttl_s: Seconds = 60.0
 
 
+class DockerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The `[docker]` section: how ``runtime = "docker"`` workers run (docs/docker.md)."""
+
+    # the daemon, e.g. "unix:///var/run/docker.sock" or "tcp://127.0.0.1:2375";
+    # default: $DOCKER_HOST, else the local socket
+    host: str | None = None
+    # None: the registry-free local image (jarvis-kernel/worker:local), created when missing;
+    # any other tag must already exist on the daemon (it is never pulled)
+    image: str | None = None
+    # per container; None: no limit
+    memory_mb: Positive | None = 2048
+    cpus: Annotated[float, msgspec.Meta(gt=0.0)] | None = 2.0
+    # "host" lets workers reach a Redis on 127.0.0.1 as local processes do
+    network_mode: str = "host"
+    read_only_root: bool = True
+    # extra "host:container[:ro|rw]" binds (the Python, the project and the memory folder
+    # are always bound)
+    binds: list[str] = []
+    # extra environment for every worker container, and names copied from the kernel's own
+    env: dict[str, str] = {}
+    pass_env: list[str] = []
+    # extra labels on every container (jarvis.kernel / jarvis.worker are always set)
+    labels: dict[str, str] = {}
+    # how long a worker has to print its ready line
+    start_timeout_s: Seconds = 30.0
+    # how long to retry a daemon that cannot be reached before giving up
+    connect_timeout_s: Seconds = 10.0
+
+
 class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the kernel needs to start."""
 
@@ -153,6 +183,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     scoring: ScoringConfig = ScoringConfig()
     guardian: GuardianConfig = GuardianConfig()
     librarian: LibrarianConfig = LibrarianConfig()
+    docker: DockerConfig = DockerConfig()
     memory_dir: str = ".memory"
     log_format: Literal["rich", "plain", "json"] = "rich"
     workers: list[WorkerConfig] = []
@@ -171,7 +202,13 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 _SHORTCUTS = {"JARVIS_REDIS_URL": "bus.redis_url", "JARVIS_NAMESPACE": "bus.namespace"}
-_SKIP_ENV = {"JARVIS_REQUIRE_REDIS", "JARVIS_REQUIRE_DOCKER", "JARVIS_TEST_REDIS_URL"}
+# process and test switches, not settings
+_SKIP_ENV = {
+    "JARVIS_REQUIRE_REDIS",
+    "JARVIS_REQUIRE_DOCKER",
+    "JARVIS_TEST_REDIS_URL",
+    "JARVIS_UVLOOP",
+}
 _PATH_RE = re.compile(r" - at `\$(.*)`$")
 
 
@@ -221,7 +258,7 @@ def _dotted_keys(data: Mapping[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-_SECTIONS = frozenset({"bus", "market", "liveness", "scoring", "guardian", "librarian"})
+_SECTIONS = frozenset({"bus", "market", "liveness", "scoring", "guardian", "librarian", "docker"})
 
 
 def _env_items(env: Mapping[str, str]) -> list[tuple[str, str, str]]:

@@ -156,19 +156,43 @@ class Kernel:
                 memory_dir=Path(cfg.memory_dir),
                 events_maxlen=cfg.bus.events_maxlen,
             )
+        if kind in ("process", "docker") and not cfg.bus.redis_url:
+            raise ConfigError(
+                f"runtime {kind!r} needs a Redis bus: set bus.redis_url "
+                "(or --redis / JARVIS_REDIS_URL)",
+                key="workers.runtime",
+            )
         if kind == "process":
-            if not cfg.bus.redis_url:
-                raise ConfigError(
-                    "runtime 'process' needs a Redis bus: set bus.redis_url "
-                    "(or --redis / JARVIS_REDIS_URL)",
-                    key="workers.runtime",
-                )
+            assert cfg.bus.redis_url is not None
             from .runtime.process import ProcessRuntime
 
             return ProcessRuntime(
                 redis_url=cfg.bus.redis_url,
                 namespace=cfg.bus.namespace,
                 memory_dir=Path(cfg.memory_dir),
+            )
+        if kind == "docker":
+            assert cfg.bus.redis_url is not None
+            from .runtime.docker import DockerRuntime
+
+            dk = cfg.docker
+            return DockerRuntime(
+                redis_url=cfg.bus.redis_url,
+                namespace=cfg.bus.namespace,
+                memory_dir=Path(cfg.memory_dir),
+                image=dk.image,
+                docker_host=dk.host,
+                heartbeat_s=cfg.liveness.heartbeat_s,
+                memory_bytes=None if dk.memory_mb is None else dk.memory_mb * 1024 * 1024,
+                nano_cpus=None if dk.cpus is None else round(dk.cpus * 1e9),
+                network_mode=dk.network_mode,
+                read_only_root=dk.read_only_root,
+                binds=dk.binds,
+                env=dk.env,
+                pass_env=dk.pass_env,
+                labels=dk.labels,
+                start_timeout_s=dk.start_timeout_s,
+                connect_timeout_s=dk.connect_timeout_s,
             )
         raise ConfigError(
             f"runtime {kind!r} is not available in this version", key="workers.runtime"
