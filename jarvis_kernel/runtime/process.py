@@ -22,6 +22,7 @@ from types import TracebackType
 
 import anyio
 import anyio.abc
+import msgspec
 from anyio.streams.text import TextReceiveStream
 
 from ..config import WorkerConfig
@@ -59,6 +60,8 @@ def worker_argv(
         argv += ["--take", spec.take]
     if isinstance(spec.options.get("seed"), int):
         argv += ["--seed", str(spec.options["seed"])]
+    if spec.options:  # the executor's options (allowlist, target, endpoint...) go along
+        argv += ["--options", msgspec.json.encode(spec.options).decode()]
     return argv
 
 

@@ -3,6 +3,10 @@
     python -m jarvis_kernel worker --id W --model gemini:flash --skills react=0.9,auth=0.4 \\
         --capacity 1 --redis redis://localhost:6379/0 [--namespace NS] --executor sim
 
+Executor options come from ``--options JSON`` (the ``options`` table of a ``[[workers]]``
+entry), overridden by ``--allow PROG`` (repeatable) and ``--workspace DIR`` (command),
+``--python-target MOD:FN`` (python), ``--llm-base-url URL`` and ``--llm-model NAME`` (llm).
+
 Signals: SIGTERM or SIGINT drain (finish the tasks in hand, deregister, exit 0; a second
 one exits at once), SIGUSR1 writes a ``worker.state`` event. Once registered and listening
 the process prints ``READY_LINE <id>`` on stdout, which `ProcessRuntime` waits for.
@@ -75,6 +79,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--duration-s", type=float, help="sim: fixed task duration")
     p.add_argument("--fail-rate", type=float, default=0.0, help="sim: extra failure rate")
     p.add_argument("--seed", type=int, help="sim: random seed")
+    p.add_argument(
+        "--options", metavar="JSON", type=_json_object, default={}, help="executor options"
+    )
+    p.add_argument(
+        "--allow", action="append", metavar="PROGRAM", help="command: allow a program (repeat)"
+    )
+    p.add_argument("--workspace", metavar="DIR", help="command: where commands run")
+    p.add_argument("--python-target", metavar="MOD:FN", help="python: the function to call")
+    p.add_argument("--llm-base-url", metavar="URL", help="llm: e.g. http://127.0.0.1:11434/v1")
+    p.add_argument("--llm-model", metavar="NAME", help="llm: the model to ask")
     p.add_argument("--memory", metavar="DIR", help="memory folder (default: config, .memory)")
     p.add_argument("--heartbeat-s", type=float, help="heartbeat period (default 1.0)")
     p.add_argument("--config", metavar="FILE", help="a jarvis TOML config file")
@@ -108,12 +122,37 @@ def _settings(args: argparse.Namespace) -> tuple[Config, WorkerConfig]:
         "duration_s": args.duration_s,
         "fail_rate": args.fail_rate,
         "take": args.take,
+        "options": _executor_options(args),
     }
     try:
         spec = msgspec.convert(fields, WorkerConfig)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"worker: {exc}", source="command line") from exc
     return config, spec
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--options`` JSON, overridden by the per-executor flags that are given."""
+    options = dict(args.options)
+    flags = {
+        "allow": args.allow,
+        "workspace": args.workspace,
+        "target": args.python_target,
+        "base_url": args.llm_base_url,
+        "model": args.llm_model,
+    }
+    options.update({key: value for key, value in flags.items() if value is not None})
+    return options
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -125,7 +164,9 @@ def _handle(args: argparse.Namespace) -> int:
         format=f"%(asctime)s %(levelname)s worker {spec.id} %(name)s: %(message)s",
     )
     memory_dir = Path(args.memory or config.memory_dir)
-    anyio.run(_main, config, spec, executor, memory_dir)
+    from ..cli import run_async
+
+    run_async(_main, config, spec, executor, memory_dir)
     return 0
 
 

@@ -6,15 +6,24 @@ how well this worker fits the task) and returns an `Outcome` value: `Completed` 
 reported by the worker as ``executor.error``, one that overruns ``timeoutS`` as
 ``executor.timeout``.
 
-`make_executor` builds one from a `WorkerConfig`; only ``sim`` exists so far, the others
-(``command``, ``python``, ``llm``) are named in the config and come later: asking for one
-raises `ExecutorError`.
+`make_executor` builds one from a `WorkerConfig` (``executor`` and its ``options`` table);
+it is the only entry point, and a bad option is an `ExecutorError` naming the worker:
+
+- ``sim``: `SimExecutor`, a pretend agent (demos, tests, benchmarks);
+- ``command``: `CommandExecutor` (``worker/command.py``), runs ``payload.argv`` if allowlisted;
+- ``python``: `PythonExecutor` (``worker/pyfunc.py``), calls a configured ``module:function``;
+- ``llm``: `LlmExecutor` (``worker/llm.py``), an OpenAI-compatible chat-completions call.
+
+The last three are imported when asked for, so a worker that only simulates never loads
+aiohttp.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -22,7 +31,7 @@ import msgspec
 from ..clock import Clock
 from ..config import WorkerConfig
 from ..errors import ExecutorError
-from ..protocol import Assignment
+from ..protocol import MAX_RESULT_BYTES, Assignment
 
 __all__ = [
     "Completed",
@@ -31,6 +40,7 @@ __all__ = [
     "Failed",
     "Outcome",
     "SimExecutor",
+    "check_result",
     "make_executor",
 ]
 
@@ -50,6 +60,23 @@ class Failed(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Outcome = Completed | Failed
+
+
+def check_result(result: Any) -> Failed | None:
+    """`Failed` (``executor.bad_result``) if `result` is not JSON or too big for an event."""
+    try:
+        size = len(msgspec.json.encode(result))
+    except Exception as exc:  # msgspec raises TypeError, OverflowError, EncodeError...
+        return Failed(
+            error_key="executor.bad_result", error=f"the result is not JSON: {exc}"[:1000]
+        )
+    if size > MAX_RESULT_BYTES:
+        return Failed(
+            error_key="executor.bad_result",
+            error=f"the result is {size} bytes as JSON; at most {MAX_RESULT_BYTES}",
+        )
+    return None
+
 
 ProgressFn = Callable[[int, str], Awaitable[None]]
 
@@ -148,7 +175,37 @@ def _sim(spec: WorkerConfig, seed: int | None) -> Executor:
     )
 
 
-_FACTORIES: Mapping[str, Callable[[WorkerConfig, int | None], Executor]] = {"sim": _sim}
+def _command(spec: WorkerConfig, seed: int | None) -> Executor:
+    from .command import CommandExecutor, CommandOptions
+
+    opts = msgspec.convert(spec.options, CommandOptions)
+    return CommandExecutor(
+        allowlist=frozenset(opts.allow),
+        workspace=Path(opts.workspace) if opts.workspace else Path.cwd(),
+        timeout_s=opts.timeout_s,
+        max_output_bytes=opts.max_output_bytes,
+        env=opts.env,
+    )
+
+
+def _python(spec: WorkerConfig, seed: int | None) -> Executor:
+    from .pyfunc import PythonExecutor, PythonOptions
+
+    return PythonExecutor(msgspec.convert(spec.options, PythonOptions).target)
+
+
+def _llm(spec: WorkerConfig, seed: int | None) -> Executor:
+    from .llm import LlmExecutor
+
+    return LlmExecutor.from_options(spec.options, environ=os.environ)
+
+
+_FACTORIES: Mapping[str, Callable[[WorkerConfig, int | None], Executor]] = {
+    "sim": _sim,
+    "command": _command,
+    "python": _python,
+    "llm": _llm,
+}
 
 
 def make_executor(spec: WorkerConfig, *, seed: int | None = None) -> Executor:
