@@ -200,11 +200,15 @@ class Kernel:
 
     async def _stop_workers(self) -> None:
         grace = self.config.liveness.dead_after_s * 2
-        with anyio.move_on_after(grace + 2, shield=True):
-            async with anyio.create_task_group() as tg:
-                for runtime in self.runtimes.values():
-                    for worker_id in list(runtime.workers()):
-                        tg.start_soon(partial(runtime.stop, worker_id, grace_s=grace))
+        with anyio.CancelScope(shield=True):  # on the way out: also when being cancelled
+            await self._stop_all(grace)
+
+    async def _stop_all(self, grace: float) -> None:
+        from .runtime.base import stop_all
+
+        async with anyio.create_task_group() as tg:
+            for runtime in self.runtimes.values():
+                tg.start_soon(partial(stop_all, runtime, grace_s=grace, margin_s=2.0))
 
     async def _cancel(self) -> None:
         """Drain: no new auction; those open finish; then the services stop."""

@@ -18,14 +18,19 @@ not an exception.
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractAsyncContextManager
 from typing import Literal, Protocol
 
+import anyio
 import msgspec
 
 from ..config import WorkerConfig
+from ..errors import RuntimeUnavailable
 
-__all__ = ["RuntimeState", "RuntimeStatus", "WorkerRuntime"]
+__all__ = ["RuntimeState", "RuntimeStatus", "WorkerRuntime", "first_of", "stop_all"]
+
+log = logging.getLogger(__name__)
 
 RuntimeState = Literal["starting", "running", "exited", "unknown"]
 
@@ -76,3 +81,35 @@ class WorkerRuntime(AbstractAsyncContextManager["WorkerRuntime"], Protocol):
     def workers(self) -> list[str]:
         """Ids of the workers this runtime has started and that are still running."""
         ...
+
+
+async def stop_all(runtime: WorkerRuntime, *, grace_s: float, margin_s: float = 1.0) -> None:
+    """Stop every worker of `runtime` at once, each with `grace_s` to drain.
+
+    Shielded and bounded by ``grace_s + margin_s``: it runs on the way out, also when the
+    caller is being cancelled.
+    """
+
+    async def stop(worker_id: str) -> None:
+        try:
+            await runtime.stop(worker_id, grace_s=grace_s)
+        except RuntimeUnavailable as exc:  # e.g. the Docker daemon went away: say so, go on
+            log.warning("could not stop worker %s: %s", worker_id, exc)
+
+    with anyio.move_on_after(grace_s + margin_s, shield=True):
+        async with anyio.create_task_group() as tg:
+            for worker_id in runtime.workers():
+                tg.start_soon(stop, worker_id)
+
+
+async def first_of(*events: anyio.Event, timeout_s: float) -> None:
+    """Return once any of `events` is set, or after `timeout_s` (check which, after)."""
+    with anyio.move_on_after(timeout_s):
+        async with anyio.create_task_group() as tg:
+
+            async def wait(event: anyio.Event) -> None:
+                await event.wait()
+                tg.cancel_scope.cancel()
+
+            for event in events:
+                tg.start_soon(wait, event)

@@ -52,7 +52,7 @@ from aiodocker.containers import DockerContainer
 from ..config import WorkerConfig
 from ..errors import RuntimeUnavailable
 from ..worker.cli import READY_LINE
-from .base import RuntimeState, RuntimeStatus
+from .base import RuntimeState, RuntimeStatus, first_of, stop_all
 from .image import WORKER_IMAGE, ensure_local_image, host_python_binds, worker_container_config
 from .process import worker_argv
 
@@ -227,10 +227,8 @@ class DockerRuntime:
         docker, self._docker = self._docker, None
         assert tg is not None and docker is not None, "DockerRuntime exited without being entered"
         try:
-            with anyio.move_on_after(self._default_grace_s + 10, shield=True):
-                async with anyio.create_task_group() as stopping:
-                    for worker_id in self.workers():
-                        stopping.start_soon(self._stop_default, worker_id)
+            await stop_all(self, grace_s=self._default_grace_s, margin_s=10.0)
+            with anyio.move_on_after(10.0, shield=True):
                 for box in self._boxes.values():
                     await self._remove(box)
             tg.cancel_scope.cancel()
@@ -238,12 +236,6 @@ class DockerRuntime:
         finally:
             with anyio.CancelScope(shield=True):
                 await docker.close()
-
-    async def _stop_default(self, worker_id: str) -> None:
-        try:
-            await self.stop(worker_id, grace_s=self._default_grace_s)
-        except RuntimeUnavailable as exc:
-            log.warning("could not stop worker %s: %s", worker_id, exc)
 
     async def _remove_leftovers(self) -> None:
         docker = self._client()
@@ -374,15 +366,7 @@ class DockerRuntime:
         await self._await_ready(box)
 
     async def _await_ready(self, box: _Box) -> None:
-        with anyio.move_on_after(self._start_timeout_s):
-            async with anyio.create_task_group() as tg:
-
-                async def first(event: anyio.Event) -> None:
-                    await event.wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(first, box.ready)
-                tg.start_soon(first, box.done)
+        await first_of(box.ready, box.done, timeout_s=self._start_timeout_s)
         if box.ready.is_set():
             return
         if not box.done.is_set():

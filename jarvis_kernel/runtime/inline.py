@@ -27,7 +27,7 @@ from ..errors import RuntimeUnavailable
 from ..protocol import Keys
 from ..worker.agent import WorkerAgent
 from ..worker.executors import Executor, make_executor
-from .base import RuntimeState, RuntimeStatus
+from .base import RuntimeState, RuntimeStatus, stop_all
 
 __all__ = ["InlineRuntime"]
 
@@ -95,15 +95,9 @@ class InlineRuntime:
     ) -> bool | None:
         tg, self._tg = self._tg, None
         assert tg is not None, "InlineRuntime exited without being entered"
-        with anyio.move_on_after(self._default_grace_s + 1, shield=True):
-            async with anyio.create_task_group() as stopping:
-                for worker_id in self.workers():
-                    stopping.start_soon(self._stop_quietly, worker_id)
+        await stop_all(self, grace_s=self._default_grace_s)
         tg.cancel_scope.cancel()
         return await tg.__aexit__(et, exc, tb)
-
-    async def _stop_quietly(self, worker_id: str) -> None:
-        await self.stop(worker_id, grace_s=self._default_grace_s)
 
     # ------------------------------------------------------------------ WorkerRuntime
 

@@ -28,7 +28,7 @@ from anyio.streams.text import TextReceiveStream
 from ..config import WorkerConfig
 from ..errors import RuntimeUnavailable
 from ..worker.cli import READY_LINE
-from .base import RuntimeState, RuntimeStatus
+from .base import RuntimeState, RuntimeStatus, first_of, stop_all
 
 __all__ = ["ProcessRuntime", "worker_argv"]
 
@@ -124,18 +124,12 @@ class ProcessRuntime:
     ) -> bool | None:
         tg, self._tg = self._tg, None
         assert tg is not None, "ProcessRuntime exited without being entered"
-        with anyio.move_on_after(self._default_grace_s + 2, shield=True):
-            async with anyio.create_task_group() as stopping:
-                for worker_id in self.workers():
-                    stopping.start_soon(self._stop_default, worker_id)
+        await stop_all(self, grace_s=self._default_grace_s, margin_s=2.0)
         for child in self._children.values():
             if not child.done.is_set():
                 child.process.kill()
         tg.cancel_scope.cancel()
         return await tg.__aexit__(et, exc, tb)
-
-    async def _stop_default(self, worker_id: str) -> None:
-        await self.stop(worker_id, grace_s=self._default_grace_s)
 
     # ------------------------------------------------------------------ WorkerRuntime
 
@@ -177,15 +171,7 @@ class ProcessRuntime:
         await self._await_ready(child)
 
     async def _await_ready(self, child: _Child) -> None:
-        with anyio.move_on_after(self._start_timeout_s):
-            async with anyio.create_task_group() as tg:
-
-                async def first(event: anyio.Event) -> None:
-                    await event.wait()
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(first, child.ready)
-                tg.start_soon(first, child.done)
+        await first_of(child.ready, child.done, timeout_s=self._start_timeout_s)
         if child.ready.is_set():
             return
         if not child.done.is_set():
