@@ -146,31 +146,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .demo import demo_config
 
-    if args.demo:
-        base = demo_config()
-        cfg = load_config(args.config, overrides=_overrides(args)) if args.config else None
-        config = cfg or base
-        if cfg is None and _overrides(args):
-            import msgspec
-
-            config = msgspec.convert(
-                {**msgspec.to_builtins(base), **_nested(_overrides(args))}, type(base)
-            )
-    else:
-        config = load_config(args.config, overrides=_overrides(args))
+    base = demo_config() if args.demo else None
+    config = load_config(args.config, overrides=_overrides(args), base=base)
     run_async(_run, config, args)
     return 0
-
-
-def _nested(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, last = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return out
 
 
 async def _run(config: Any, args: argparse.Namespace) -> None:
@@ -197,18 +176,20 @@ async def _run(config: Any, args: argparse.Namespace) -> None:
 
     duration = args.duration_s if args.duration_s is not None else (15.0 if args.demo else None)
     kernel = Kernel.from_config(config, start_workers=not args.no_workers)
-    async with kernel, anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, tg.cancel_scope)
-        tg.start_soon(runcmd.follow_events, kernel.bus, kernel.keys, view, on_event)
-        if live_ui:
-            tg.start_soon(_live, console, view, kernel)
-        if args.demo:
-            await runcmd.feed_demo(kernel, count=args.demo_tasks, over_s=duration or 15.0)
-            tg.cancel_scope.cancel()
-        elif duration is not None:
-            await anyio.sleep(duration)
-            tg.cancel_scope.cancel()
-    # Fold in what happened during the drain, then the summary.
+    async with kernel:
+        follower = runcmd.EventFollower(kernel.bus, kernel.keys, view, on_event)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            tg.start_soon(follower.run)
+            if live_ui:
+                tg.start_soon(_live, console, view, kernel)
+            if args.demo:
+                await runcmd.feed_demo(kernel, count=args.demo_tasks, over_s=duration or 15.0)
+                tg.cancel_scope.cancel()
+            elif duration is not None:
+                await anyio.sleep(duration)
+                tg.cancel_scope.cancel()
+        await follower.poll()  # the last moments, before the summary
     runcmd.show(console, view, kernel, args.json)
 
 

@@ -1,8 +1,9 @@
 """Settings: frozen Structs loaded from a TOML file, `JARVIS_*` variables and CLI flags.
 
-Later sources win: defaults < TOML file < environment < CLI overrides. Environment
-variables are ``JARVIS_<SECTION>_<KEY>`` (``JARVIS_MARKET_WINDOW_S=0.2``), plus the
-shortcuts ``JARVIS_REDIS_URL`` and ``JARVIS_NAMESPACE``. A wrong value fails at start-up
+Later sources win: defaults (or a base, such as the demo's) < TOML file < environment < CLI
+overrides, merged table by table. Environment variables are ``JARVIS_<SECTION>_<KEY>``
+(``JARVIS_MARKET_WINDOW_S=0.2``), plus the shortcuts ``JARVIS_REDIS_URL`` and
+``JARVIS_NAMESPACE``; an empty variable counts as unset. A wrong value fails at start-up
 with a `ConfigError` naming the key, the value, where it came from and what was expected.
 No Redis URL means the in-memory bus.
 """
@@ -32,6 +33,7 @@ __all__ = [
     "ModelSpec",
     "ScoringConfig",
     "WorkerConfig",
+    "WorkspaceConfig",
     "load_config",
 ]
 
@@ -112,10 +114,46 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
 
 class GuardianConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The guardian's detectors and escalation ladder (``jarvis_kernel/guardian``)."""
+
     enabled: bool = True
+    # stall: no progress event for this long, or past the task's own timeoutS
     stall_after_s: Seconds = 300.0
-    spiral_count: Positive = 3
+    # dead worker: heartbeat older than this; None: `liveness.dead_after_s`
+    dead_after_s: Seconds | None = None
+    # error spiral: this many consecutive failures with the same errorKey
+    spiral_count: Annotated[int, msgspec.Meta(ge=2)] = 3
+    # token spike: robust z-score (MAD) above this, excess over the median of at least
+    # `spike_floor_tokens`, judged once the worker has `spike_min_samples` finished tasks
+    spike_mad_threshold: Annotated[float, msgspec.Meta(gt=0.0)] = 6.0
+    spike_floor_tokens: Positive = 2000
+    spike_min_samples: Annotated[int, msgspec.Meta(ge=2)] = 5
+    # per-task totals kept per worker for the baseline
+    spike_history: Annotated[int, msgspec.Meta(ge=2)] = 50
+    # hard budgets (None: off): tokens of one task attempt, and of one worker per window
+    task_token_budget: Positive | None = None
+    worker_token_budget: Positive | None = None
+    worker_budget_window_s: Seconds = 3600.0
+    # ladder: grace after a dump, and after a restart, before acting again
+    dump_grace_s: NonNegSeconds = 30.0
+    restart_grace_s: NonNegSeconds = 15.0
+    # OTP restart intensity: more than `max_restarts` in `restart_window_s` -> level 3
+    max_restarts: Annotated[int, msgspec.Meta(ge=0)] = 3
+    restart_window_s: Seconds = 60.0
+    # delay before the n-th consecutive restart: min(backoff_max_s, base * 2**(n-2)), the
+    # first is immediate; the streak (and the target's level) resets after a quiet period
+    backoff_base_s: NonNegSeconds = 1.0
+    backoff_max_s: NonNegSeconds = 60.0
+    quiet_period_s: Seconds = 300.0
     rca_model: str = "gemini:pro"
+    resume_after_rca: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError(
+                "`$.guardian.backoff_max_s` must be at least `backoff_base_s` "
+                f"(got {self.backoff_max_s} < {self.backoff_base_s})"
+            )
 
 
 class LibrarianConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -174,6 +212,27 @@ class DockerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     connect_timeout_s: Seconds = 10.0
 
 
+def _default_workspace_ignore() -> list[str]:
+    return [".git", "__pycache__", "*.pyc", "node_modules", "build", "dist", ".venv", "*.swp", "*~"]
+
+
+class WorkspaceConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The `[workspace]` section: the guardian's self-correction of a git working tree."""
+
+    # the git working tree to watch; None: off
+    path: str | None = None
+    # the build check, run without a shell in `path` (e.g. ["npm", "run", "build"]);
+    # empty: no check, nothing is ever reverted
+    build_command: list[str] = []
+    # a check running longer than this counts as failed
+    build_timeout_s: Seconds = 300.0
+    # the check runs this long after the last change of a burst
+    debounce_s: NonNegSeconds = 2.0
+    # changes under these are not watched (build output and the like): a glob matched
+    # against the relative path and against each of its parts
+    ignore: list[str] = msgspec.field(default_factory=_default_workspace_ignore)
+
+
 class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything the kernel needs to start."""
 
@@ -184,6 +243,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     guardian: GuardianConfig = GuardianConfig()
     librarian: LibrarianConfig = LibrarianConfig()
     docker: DockerConfig = DockerConfig()
+    workspace: WorkspaceConfig = WorkspaceConfig()
     memory_dir: str = ".memory"
     log_format: Literal["rich", "plain", "json"] = "rich"
     workers: list[WorkerConfig] = []
@@ -217,12 +277,14 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    base: Config | None = None,
 ) -> Config:
     """Build a `Config` from defaults, the TOML file at `path`, `env` and `overrides`.
 
     `overrides` maps dotted keys (``"bus.redis_url"``) to values, as CLI flags give them.
+    `base` replaces the defaults (the demo's swarm, for instance).
     """
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = msgspec.to_builtins(base) if base is not None else {}
     sources: dict[str, str] = {}
     if path is not None:
         _merge_toml(Path(path), data, sources)
@@ -243,9 +305,18 @@ def _merge_toml(path: Path, data: dict[str, Any], sources: dict[str, str]) -> No
         raise ConfigError(f"config file not found: {path}") from exc
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    data.update(loaded)
+    _deep_merge(data, loaded)
     for key in _dotted_keys(loaded):
         sources[key] = f"file {path}"
+
+
+def _deep_merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    """Merge `new` into `into`: tables key by key, anything else replaced."""
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _dotted_keys(data: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -258,15 +329,17 @@ def _dotted_keys(data: Mapping[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-_SECTIONS = frozenset({"bus", "market", "liveness", "scoring", "guardian", "librarian", "docker"})
+_SECTIONS = frozenset(
+    {"bus", "market", "liveness", "scoring", "guardian", "librarian", "docker", "workspace"}
+)
 
 
 def _env_items(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
     """(variable, dotted key, value) for every JARVIS_* setting in `env`."""
     items = []
     for name, value in env.items():
-        if not name.startswith("JARVIS_") or name in _SKIP_ENV:
-            continue
+        if not name.startswith("JARVIS_") or name in _SKIP_ENV or value == "":
+            continue  # an empty variable is an unset one
         if name in _SHORTCUTS:
             items.append((name, _SHORTCUTS[name], value))
             continue

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .bus import Bus
 from .demo import demo_tasks
+from .errors import ProtocolError
 from .kernel import Kernel
 from .protocol import (
     GenericEvent,
@@ -29,28 +30,38 @@ from .protocol import (
 )
 from .view import SwarmView, percentile
 
-__all__ = ["feed_demo", "follow_events", "render", "render_summary"]
+__all__ = ["EventFollower", "feed_demo", "render", "render_summary"]
 
 log = logging.getLogger("jarvis_kernel")
 
 
-async def follow_events(
-    bus: Bus, keys: Keys, view: SwarmView, on_event: Any, *, every_s: float = 0.2
-) -> None:
-    """Fold every new event of the stream into `view` (and hand it to `on_event`), forever."""
-    last = "0-0"
-    while True:
-        for entry in await bus.xrange(keys.events, start=last, count=1000):
-            if entry.id == last:
-                continue
-            last = entry.id
-            try:
-                event = decode_event(entry.fields.get("event", b""))
-            except Exception:
-                continue
-            view.apply(event)
-            on_event(event)
-        await anyio.sleep(every_s)
+class EventFollower:
+    """Folds every new event of the stream into a `SwarmView` (and hands it to `on_event`)."""
+
+    def __init__(self, bus: Bus, keys: Keys, view: SwarmView, on_event: Any) -> None:
+        self.bus, self.keys, self.view, self.on_event = bus, keys, view, on_event
+        self.last = "0-0"
+
+    async def poll(self) -> None:
+        """Read what is new since the last poll, however much it is."""
+        while True:
+            entries = await self.bus.xrange(self.keys.events, start=self.last, count=1000)
+            fresh = [e for e in entries if e.id != self.last]
+            for entry in fresh:
+                self.last = entry.id
+                try:
+                    event = decode_event(entry.fields.get("event", b""))
+                except ProtocolError:
+                    continue  # a bad event is the kernel's to reject, not the dashboard's
+                self.view.apply(event)
+                self.on_event(event)
+            if len(entries) < 1000:
+                return
+
+    async def run(self, *, every_s: float = 0.2) -> None:
+        while True:
+            await self.poll()
+            await anyio.sleep(every_s)
 
 
 def log_line(event: Any, fmt: str) -> str | None:

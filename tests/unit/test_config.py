@@ -86,3 +86,14 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_test_only_variables_are_not_settings() -> None:
     env = {"JARVIS_REQUIRE_REDIS": "1", "JARVIS_TEST_REDIS_URL": "redis://x"}
     assert load_config(env=env).bus.redis_url is None
+
+
+def test_base_is_overridden_key_by_key(tmp_path: Path) -> None:
+    from jarvis_kernel.config import Config, MarketConfig
+
+    base = Config(market=MarketConfig(window_s=0.25, max_rounds=7))
+    path = write(tmp_path, "[market]\nwindow_s = 0.1\n")
+    config = load_config(path, env={"JARVIS_MARKET_EARLY_CLOSE": "false"}, base=base)
+    assert config.market.window_s == 0.1  # from the file
+    assert config.market.max_rounds == 7  # kept from the base
+    assert config.market.early_close is False  # from the environment
