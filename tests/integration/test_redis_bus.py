@@ -24,9 +24,9 @@ from jarvis_kernel.testing import (
     FakeClock,
     RedisServer,
     RedisServerError,
-    env_flag,
     free_port,
 )
+from tests.fixtures.services import unavailable
 
 pytestmark = pytest.mark.redis
 
@@ -40,14 +40,13 @@ def start_server() -> Iterator[ServerFactory]:
     servers: list[RedisServer] = []
 
     def start(server: RedisServer | None = None, **kwargs: object) -> RedisServer:
-        server = server or RedisServer(**kwargs)  # type: ignore[arg-type]
-        servers.append(server)
         try:
+            server = server or RedisServer(**kwargs)  # type: ignore[arg-type]
+            servers.append(server)
             return server.start()
         except RedisServerError as exc:
-            if env_flag("JARVIS_REQUIRE_REDIS"):
-                pytest.fail(f"redis-server: {exc}", pytrace=False)
-            pytest.skip(f"redis-server: {exc}")
+            unavailable(f"no Redis: {exc}", "JARVIS_REQUIRE_REDIS")
+            raise  # unreachable: unavailable() skips or fails
 
     yield start
     for server in servers:
@@ -334,7 +333,11 @@ async def test_tls_url(start_server: ServerFactory, tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
         pytest.skip("the openssl CLI is needed to make a test certificate")
     _make_certs(tmp_path)
-    tls_server = _TlsRedisServer(tmp_path)
+    try:
+        tls_server = _TlsRedisServer(tmp_path)
+    except RedisServerError as exc:
+        unavailable(f"no Redis: {exc}", "JARVIS_REQUIRE_REDIS")
+        raise
     try:
         start_server(tls_server)
     except RedisServerError as exc:  # pragma: no cover - depends on how Redis was built
