@@ -24,6 +24,7 @@ T = TypeVar("T")
 # Modules whose `register(subparsers)` adds subcommands, in the order --help lists them.
 _COMMAND_MODULES = (
     "jarvis_kernel.cli",
+    "jarvis_kernel.opscmd",
     "jarvis_kernel.librarian.cli",
     "jarvis_kernel.worker.cli",
 )

@@ -23,13 +23,13 @@ from typing import Any
 import anyio
 import msgspec
 
+from . import control
 from .bus import Bus
 from .clock import Clock, SystemClock
 from .config import Config
 from .errors import ConfigError
 from .market.auctioneer import Auctioneer
-from .market.records import event_fields
-from .protocol import Event, Keys, PauseInfo, SwarmPaused, SwarmResumed, Task, encode
+from .protocol import Event, Keys, Task, encode
 
 __all__ = ["Kernel"]
 
@@ -265,20 +265,21 @@ class Kernel:
 
     async def pause(self, reason: str, *, by: str = "operator") -> None:
         """Pause the swarm: nothing is announced and workers start no new task."""
-        info = PauseInfo(reason=reason, at_ms=self.clock.time_ms(), by=by)
-        await self.bus.set(self.keys.paused, encode(info))
-        await self._event(SwarmPaused(at_ms=info.at_ms, reason=reason))
+        await control.pause(
+            self.bus,
+            self.keys,
+            reason,
+            by=by,
+            clock=self.clock,
+            events_maxlen=self.config.bus.events_maxlen,
+        )
         self.market.set_paused(True)
 
     async def resume(self, reason: str = "") -> None:
-        await self.bus.delete(self.keys.paused)
-        await self._event(SwarmResumed(at_ms=self.clock.time_ms(), reason=reason))
+        """Resume a paused swarm (also when it was paused by someone else)."""
+        maxlen = self.config.bus.events_maxlen
+        await control.resume(self.bus, self.keys, reason, clock=self.clock, events_maxlen=maxlen)
         self.market.set_paused(False)
-
-    async def _event(self, event: Event) -> None:
-        await self.bus.xadd(
-            self.keys.events, event_fields(event), maxlen=self.config.bus.events_maxlen
-        )
 
     def stats(self) -> dict[str, Any]:
         market = self.market
