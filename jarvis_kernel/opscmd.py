@@ -293,13 +293,9 @@ def _on_event(event: Any, task_id: str, out: TextIO, err: TextIO) -> int | None:
 
 
 async def _drop_group(bus: Bus, stream: str, group: str) -> None:
-    """``XGROUP DESTROY``: the `Bus` interface has none, and these commands run on Redis only."""
-    from .bus.redis import RedisBus
-
-    if isinstance(bus, RedisBus):
-        # a group left behind costs a few bytes: not worth failing the command for
-        with contextlib.suppress(BusError):
-            await bus._call("XGROUP", "DESTROY", stream, group)
+    # a group left behind costs a few bytes: not worth failing the command for
+    with contextlib.suppress(BusError):
+        await bus.xgroup_destroy(stream, group)
 
 
 # --------------------------------------------------------------------------- status

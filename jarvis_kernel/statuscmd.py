@@ -16,7 +16,7 @@ from rich.table import Table
 
 from .bus import Bus, StreamEntry
 from .control import paused_info
-from .errors import BusError, ProtocolError
+from .errors import ProtocolError
 from .market.records import LiveState, TaskRecord
 from .protocol import (
     Event,
@@ -91,7 +91,7 @@ async def _recent_events(bus: Bus, keys: Keys, recent: int) -> SwarmView:
     picked: list[Event | GenericEvent] = []
     end, scanned, counts = "+", 0, Counter[type]()
     while scanned < _SCAN_LIMIT:
-        entries = await xrevrange(bus, keys.events, end, count=_PAGE)
+        entries = await bus.xrevrange(keys.events, end, count=_PAGE)
         scanned += len(entries)
         for entry in entries:
             event = _decode(entry)
@@ -115,19 +115,6 @@ def _decode(entry: StreamEntry) -> Event | GenericEvent | None:
         return decode_event(entry.fields.get("event", b""))
     except ProtocolError:
         return None
-
-
-async def xrevrange(bus: Bus, stream: str, end: str, *, count: int) -> list[StreamEntry]:
-    """``XREVRANGE stream end - COUNT count`` (newest first).
-
-    The `Bus` interface has no reverse range (the kernel never needs one); the operator's
-    commands run on Redis only, so this goes to `RedisBus` directly.
-    """
-    from .bus.redis import RedisBus, _entries
-
-    if not isinstance(bus, RedisBus):
-        raise BusError("reading the event stream backwards needs a Redis bus")
-    return _entries(await bus._call("XREVRANGE", stream, end, "-", "COUNT", count))
 
 
 # --------------------------------------------------------------------------- shaping (pure)

@@ -262,6 +262,12 @@ class Bus(Protocol):
         self, stream: str, start: str = "-", end: str = "+", count: int | None = None
     ) -> list[StreamEntry]: ...
 
+    async def xrevrange(
+        self, stream: str, end: str = "+", start: str = "-", count: int | None = None
+    ) -> list[StreamEntry]:
+        """Entries from `end` back to `start`, newest first (for status views)."""
+        ...
+
     async def xgroup_create(self, stream: str, group: str, *, start_id: str = "0") -> bool:
         """Create consumer group (and the stream). False if it already existed."""
         ...
@@ -284,6 +290,10 @@ class Bus(Protocol):
         ...
 
     async def xack(self, stream: str, group: str, *ids: str) -> int: ...
+
+    async def xgroup_destroy(self, stream: str, group: str) -> bool:
+        """Remove a consumer group (and its pending list). False if it did not exist."""
+        ...
 
     async def xautoclaim(
         self, stream: str, group: str, consumer: str, *, min_idle_s: float, count: int = 100

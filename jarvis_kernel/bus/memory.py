@@ -476,6 +476,18 @@ class MemoryBus:
         hits = [StreamEntry(_fmt_id(i), dict(f)) for i, f in found.entries.items() if lo <= i <= hi]
         return hits if count is None else hits[:count]
 
+    async def xrevrange(
+        self, stream: str, end: str = "+", start: str = "-", count: int | None = None
+    ) -> list[StreamEntry]:
+        hits = list(reversed(await self.xrange(stream, start, end)))
+        return hits if count is None else hits[:count]
+
+    async def xgroup_destroy(self, stream: str, group: str) -> bool:
+        self._check()
+        await anyio.lowlevel.checkpoint()
+        found = self._typed(stream, _Stream)
+        return found is not None and found.groups.pop(group, None) is not None
+
     async def xgroup_create(self, stream: str, group: str, *, start_id: str = "0") -> bool:
         self._check()
         await anyio.lowlevel.checkpoint()

@@ -426,6 +426,17 @@ class RedisBus:
         limit: list[Arg] = ["COUNT", count] if count is not None else []
         return _entries(await self._call("XRANGE", stream, start, end, *limit))
 
+    async def xrevrange(
+        self, stream: str, end: str = "+", start: str = "-", count: int | None = None
+    ) -> list[StreamEntry]:
+        limit: list[Arg] = ["COUNT", count] if count is not None else []
+        return _entries(await self._call("XREVRANGE", stream, end, start, *limit))
+
+    async def xgroup_destroy(self, stream: str, group: str) -> bool:
+        if not await self.exists(stream):
+            return False
+        return bool(await self._call("XGROUP", "DESTROY", stream, group))
+
     async def xgroup_create(self, stream: str, group: str, *, start_id: str = "0") -> bool:
         try:
             await self._call("XGROUP", "CREATE", stream, group, start_id, "MKSTREAM")

@@ -215,6 +215,25 @@ async def test_stream_add_range_and_cap(bus: Bus) -> None:
     assert (await bus.xrange("capped"))[-1].fields["n"] == b"399"
 
 
+async def test_reverse_range_newest_first(bus: Bus) -> None:
+    ids = [await bus.xadd("s", {"n": str(i)}) for i in range(5)]
+    assert [e.id for e in await bus.xrevrange("s")] == ids[::-1]
+    assert [e.fields["n"] for e in await bus.xrevrange("s", count=2)] == [b"4", b"3"]
+    assert [e.id for e in await bus.xrevrange("s", end=ids[2], count=10)] == ids[2::-1]
+    assert await bus.xrevrange("missing") == []
+
+
+async def test_group_destroy(bus: Bus) -> None:
+    assert await bus.xgroup_destroy("missing", "g") is False
+    await bus.xgroup_create("ev", "g")
+    await bus.xadd("ev", {"event": "x"})
+    await bus.xreadgroup("ev", "g", "c")
+    assert await bus.xgroup_destroy("ev", "g") is True
+    assert await bus.xgroup_destroy("ev", "g") is False
+    assert await bus.xgroup_create("ev", "g", start_id="0") is True  # anew: nothing pending
+    assert await bus.xreadgroup("ev", "g", "c", pending=True) == []
+
+
 async def test_consumer_group_read_pending_ack(bus: Bus) -> None:
     assert await bus.xgroup_create("ev", "guardian") is True
     assert await bus.xgroup_create("ev", "guardian") is False
