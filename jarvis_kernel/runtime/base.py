@@ -18,9 +18,11 @@ not an exception.
 
 from __future__ import annotations
 
+import collections
 import logging
+import time
 from contextlib import AbstractAsyncContextManager
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
 import anyio
 import msgspec
@@ -28,7 +30,15 @@ import msgspec
 from ..config import WorkerConfig
 from ..errors import RuntimeUnavailable
 
-__all__ = ["RuntimeState", "RuntimeStatus", "WorkerRuntime", "first_of", "stop_all"]
+__all__ = [
+    "HandleRuntime",
+    "RuntimeState",
+    "RuntimeStatus",
+    "WorkerHandle",
+    "WorkerRuntime",
+    "first_of",
+    "stop_all",
+]
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +123,77 @@ async def first_of(*events: anyio.Event, timeout_s: float) -> None:
 
             for event in events:
                 tg.start_soon(wait, event)
+
+
+class WorkerHandle:
+    """What a runtime that runs workers outside the kernel knows of one of them.
+
+    `ready` is set when the worker says it is registered, `done` when it has exited;
+    `lines` keeps the last lines it printed.
+    """
+
+    def __init__(self, spec: WorkerConfig, restarts: int) -> None:
+        self.spec = spec
+        self.restarts = restarts
+        self.started_at: float | None = time.time()
+        self.ready = anyio.Event()
+        self.done = anyio.Event()
+        self.exit_code: int | None = None
+        self.error: str | None = None
+        self.lines: collections.deque[str] = collections.deque(maxlen=200)
+
+    @property
+    def state(self) -> RuntimeState:
+        if self.done.is_set():
+            return "exited"
+        return "running" if self.ready.is_set() else "starting"
+
+    @property
+    def ident(self) -> str:
+        """The pid or container id."""
+        raise NotImplementedError
+
+    def status(self) -> RuntimeStatus:
+        return RuntimeStatus(
+            worker_id=self.spec.id,
+            state=self.state,
+            ident=self.ident,
+            exit_code=self.exit_code if self.done.is_set() else None,
+            started_at=self.started_at,
+            restarts=self.restarts,
+            error=self.error,
+            log_tail=tuple(self.lines),
+        )
+
+
+H = TypeVar("H", bound=WorkerHandle)
+
+
+class HandleRuntime(Generic[H]):
+    """The bookkeeping shared by the process and Docker runtimes: one handle per worker."""
+
+    _handles: dict[str, H]
+    _default_grace_s: float
+
+    async def start(self, spec: WorkerConfig) -> None:
+        raise NotImplementedError
+
+    async def stop(self, worker_id: str, *, grace_s: float) -> None:
+        raise NotImplementedError
+
+    async def restart(self, worker_id: str) -> None:
+        handle = self._handles.get(worker_id)
+        if handle is None:
+            raise RuntimeUnavailable(f"worker {worker_id!r} was never started here")
+        await self.stop(worker_id, grace_s=self._default_grace_s)
+        handle.restarts += 1
+        await self.start(handle.spec)
+
+    def status(self, worker_id: str) -> RuntimeStatus:
+        handle = self._handles.get(worker_id)
+        if handle is None:
+            return RuntimeStatus(worker_id=worker_id, state="unknown")
+        return handle.status()
+
+    def workers(self) -> list[str]:
+        return sorted(w for w, h in self._handles.items() if not h.done.is_set())

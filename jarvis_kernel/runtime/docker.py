@@ -30,13 +30,11 @@ has ``exit_code == -N``.
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import os
 import re
 import signal as signals
-import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -52,7 +50,7 @@ from aiodocker.containers import DockerContainer
 from ..config import WorkerConfig
 from ..errors import RuntimeUnavailable
 from ..worker.cli import READY_LINE
-from .base import RuntimeState, RuntimeStatus, first_of, stop_all
+from .base import HandleRuntime, WorkerHandle, first_of, stop_all
 from .image import WORKER_IMAGE, ensure_local_image, host_python_binds, worker_container_config
 from .process import worker_argv
 
@@ -121,29 +119,20 @@ def _is_connection_error(exc: BaseException) -> bool:
 # ---------------------------------------------------------------------- runtime
 
 
-class _Box:
+class _Box(WorkerHandle):
     """One worker's container and what the runtime knows of it."""
 
     def __init__(self, spec: WorkerConfig, container: DockerContainer, restarts: int) -> None:
-        self.spec = spec
+        super().__init__(spec, restarts)
         self.container = container
-        self.restarts = restarts
-        self.started_at: float | None = time.time()
-        self.ready = anyio.Event()
-        self.done = anyio.Event()
-        self.exit_code: int | None = None
-        self.error: str | None = None
         self.removed = False
-        self.lines: collections.deque[str] = collections.deque(maxlen=200)
 
     @property
-    def state(self) -> RuntimeState:
-        if self.done.is_set():
-            return "exited"
-        return "running" if self.ready.is_set() else "starting"
+    def ident(self) -> str:
+        return str(self.container.id)
 
 
-class DockerRuntime:
+class DockerRuntime(HandleRuntime[_Box]):
     """Workers as Docker containers. See the module docstring."""
 
     def __init__(
@@ -187,7 +176,7 @@ class DockerRuntime:
         self._default_grace_s = default_grace_s
         self._start_timeout_s = start_timeout_s
         self._connect_timeout_s = connect_timeout_s
-        self._boxes: dict[str, _Box] = {}
+        self._handles: dict[str, _Box] = {}
         self._docker: aiodocker.Docker | None = None
         self._image_ref: str | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -229,7 +218,7 @@ class DockerRuntime:
         try:
             await stop_all(self, grace_s=self._default_grace_s, margin_s=10.0)
             with anyio.move_on_after(10.0, shield=True):
-                for box in self._boxes.values():
+                for box in self._handles.values():
                     await self._remove(box)
             tg.cancel_scope.cancel()
             return await tg.__aexit__(et, exc, tb)
@@ -342,7 +331,7 @@ class DockerRuntime:
         docker = self._client()
         if self._tg is None:
             raise RuntimeUnavailable("DockerRuntime is not entered (use `async with`)")
-        old = self._boxes.get(spec.id)
+        old = self._handles.get(spec.id)
         if old is not None and not old.done.is_set():
             raise RuntimeUnavailable(f"worker {spec.id!r} is already running")
         if old is not None:
@@ -353,7 +342,7 @@ class DockerRuntime:
             f"create {name}", lambda: docker.containers.create(config, name=name)
         )
         box = _Box(spec, container, restarts=0 if old is None else old.restarts)
-        self._boxes[spec.id] = box
+        self._handles[spec.id] = box
         try:
             await self._call(f"start {name}", container.start)
             info = await self._call(f"inspect {name}", container.show)
@@ -413,7 +402,7 @@ class DockerRuntime:
                 await stream.aclose()
 
     async def stop(self, worker_id: str, *, grace_s: float) -> None:
-        box = self._boxes.get(worker_id)
+        box = self._handles.get(worker_id)
         if box is None or box.removed:
             return
         if not box.done.is_set():
@@ -424,14 +413,14 @@ class DockerRuntime:
         await self._remove(box)
 
     async def kill(self, worker_id: str) -> None:
-        box = self._boxes.get(worker_id)
+        box = self._handles.get(worker_id)
         if box is None or box.done.is_set():
             return
         await self._call(f"kill {worker_id}", lambda: _kill(box.container, "SIGKILL"))
         await box.done.wait()
 
     async def signal(self, worker_id: str, signum: int) -> None:
-        box = self._boxes.get(worker_id)
+        box = self._handles.get(worker_id)
         if box is None or box.done.is_set():
             raise RuntimeUnavailable(f"worker {worker_id!r} is not running")
         if signum == signals.SIGKILL:
@@ -439,32 +428,6 @@ class DockerRuntime:
             return
         name = signals.Signals(signum).name
         await self._call(f"signal {worker_id}", lambda: _kill(box.container, name))
-
-    async def restart(self, worker_id: str) -> None:
-        box = self._boxes.get(worker_id)
-        if box is None:
-            raise RuntimeUnavailable(f"worker {worker_id!r} was never started here")
-        await self.stop(worker_id, grace_s=self._default_grace_s)
-        box.restarts += 1
-        await self.start(box.spec)
-
-    def status(self, worker_id: str) -> RuntimeStatus:
-        box = self._boxes.get(worker_id)
-        if box is None:
-            return RuntimeStatus(worker_id=worker_id, state="unknown")
-        return RuntimeStatus(
-            worker_id=worker_id,
-            state=box.state,
-            ident=box.container.id,
-            exit_code=box.exit_code,
-            started_at=box.started_at,
-            restarts=box.restarts,
-            error=box.error,
-            log_tail=tuple(box.lines),
-        )
-
-    def workers(self) -> list[str]:
-        return sorted(w for w, b in self._boxes.items() if not b.done.is_set())
 
 
 async def _delete(container: DockerContainer) -> None:

@@ -10,13 +10,11 @@ a subprocess does not follow the kernel's clock.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import signal as signals
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
 
@@ -28,7 +26,7 @@ from anyio.streams.text import TextReceiveStream
 from ..config import WorkerConfig
 from ..errors import RuntimeUnavailable
 from ..worker.cli import READY_LINE
-from .base import RuntimeState, RuntimeStatus, first_of, stop_all
+from .base import HandleRuntime, WorkerHandle, first_of, stop_all
 
 __all__ = ["ProcessRuntime", "worker_argv"]
 
@@ -65,24 +63,17 @@ def worker_argv(
     return argv
 
 
-class _Child:
+class _Child(WorkerHandle):
     def __init__(self, spec: WorkerConfig, process: anyio.abc.Process, restarts: int) -> None:
-        self.spec = spec
+        super().__init__(spec, restarts)
         self.process = process
-        self.restarts = restarts
-        self.started_at = time.time()
-        self.ready = anyio.Event()
-        self.done = anyio.Event()
-        self.lines: collections.deque[str] = collections.deque(maxlen=200)
 
     @property
-    def state(self) -> RuntimeState:
-        if self.done.is_set():
-            return "exited"
-        return "running" if self.ready.is_set() else "starting"
+    def ident(self) -> str:
+        return str(self.process.pid)
 
 
-class ProcessRuntime:
+class ProcessRuntime(HandleRuntime[_Child]):
     """Workers as child processes. See the module docstring."""
 
     def __init__(
@@ -105,7 +96,7 @@ class ProcessRuntime:
         self._default_grace_s = default_grace_s
         self._start_timeout_s = start_timeout_s
         self._env = env
-        self._children: dict[str, _Child] = {}
+        self._handles: dict[str, _Child] = {}
         self._tg: anyio.abc.TaskGroup | None = None
 
     # ------------------------------------------------------------------ context
@@ -125,7 +116,7 @@ class ProcessRuntime:
         tg, self._tg = self._tg, None
         assert tg is not None, "ProcessRuntime exited without being entered"
         await stop_all(self, grace_s=self._default_grace_s, margin_s=2.0)
-        for child in self._children.values():
+        for child in self._handles.values():
             if not child.done.is_set():
                 child.process.kill()
         tg.cancel_scope.cancel()
@@ -143,7 +134,7 @@ class ProcessRuntime:
     async def start(self, spec: WorkerConfig) -> None:
         if self._tg is None:
             raise RuntimeUnavailable("ProcessRuntime is not entered (use `async with`)")
-        old = self._children.get(spec.id)
+        old = self._handles.get(spec.id)
         if old is not None and not old.done.is_set():
             raise RuntimeUnavailable(f"worker {spec.id!r} is already running")
         argv = worker_argv(
@@ -166,7 +157,7 @@ class ProcessRuntime:
         except OSError as exc:
             raise RuntimeUnavailable(f"cannot start worker {spec.id!r}: {exc}") from exc
         child = _Child(spec, process, restarts=0 if old is None else old.restarts)
-        self._children[spec.id] = child
+        self._handles[spec.id] = child
         self._tg.start_soon(self._watch, child)
         await self._await_ready(child)
 
@@ -202,11 +193,12 @@ class ProcessRuntime:
                 if process.returncode is None:
                     process.kill()
                 await process.aclose()
+            child.exit_code = process.returncode
             child.done.set()
             log.info("worker %s exited with code %s", child.spec.id, process.returncode)
 
     async def stop(self, worker_id: str, *, grace_s: float) -> None:
-        child = self._children.get(worker_id)
+        child = self._handles.get(worker_id)
         if child is None or child.done.is_set():
             return
         child.process.terminate()
@@ -217,42 +209,17 @@ class ProcessRuntime:
             await self.kill(worker_id)
 
     async def kill(self, worker_id: str) -> None:
-        child = self._children.get(worker_id)
+        child = self._handles.get(worker_id)
         if child is None or child.done.is_set():
             return
         child.process.kill()
         await child.done.wait()
 
     async def signal(self, worker_id: str, signum: int) -> None:
-        child = self._children.get(worker_id)
+        child = self._handles.get(worker_id)
         if child is None or child.done.is_set():
             raise RuntimeUnavailable(f"worker {worker_id!r} is not running")
         if signum == signals.SIGKILL:
             await self.kill(worker_id)
         else:
             child.process.send_signal(signals.Signals(signum))
-
-    async def restart(self, worker_id: str) -> None:
-        child = self._children.get(worker_id)
-        if child is None:
-            raise RuntimeUnavailable(f"worker {worker_id!r} was never started here")
-        await self.stop(worker_id, grace_s=self._default_grace_s)
-        child.restarts += 1
-        await self.start(child.spec)
-
-    def status(self, worker_id: str) -> RuntimeStatus:
-        child = self._children.get(worker_id)
-        if child is None:
-            return RuntimeStatus(worker_id=worker_id, state="unknown")
-        return RuntimeStatus(
-            worker_id=worker_id,
-            state=child.state,
-            ident=str(child.process.pid),
-            exit_code=child.process.returncode if child.done.is_set() else None,
-            started_at=child.started_at,
-            restarts=child.restarts,
-            log_tail=tuple(child.lines),
-        )
-
-    def workers(self) -> list[str]:
-        return sorted(w for w, c in self._children.items() if not c.done.is_set())
