@@ -2,7 +2,9 @@
 
 The queries (tests/data/librarian_queries.json) were written before tuning, as agents ask;
 a second, held-out set of paraphrases (tests/data/librarian_queries_heldout.json) was written
-before the ``semantic`` mode was built, without running any method on it.
+before the ``semantic`` mode was built, without running any method on it; a third
+(tests/data/librarian_queries_heldout2.json) after the taxonomy's everyday-phrasing lexicon was
+written and before anything was measured with it (never used for tuning).
 
 Modes measured: ``expanded`` (the default, always) and ``semantic`` (sentence embeddings;
 skipped unless the ``embed`` extra and the model weights are installed: docs/memory.md).
@@ -29,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / ".memory"
 QUERIES = json.loads((ROOT / "tests/data/librarian_queries.json").read_text())["queries"]
 HELDOUT = json.loads((ROOT / "tests/data/librarian_queries_heldout.json").read_text())["queries"]
+HELDOUT2 = json.loads((ROOT / "tests/data/librarian_queries_heldout2.json").read_text())["queries"]
+PARAPHRASE_SETS = [QUERIES, HELDOUT, HELDOUT2]
+PARAPHRASE_IDS = ["original", "heldout", "heldout2"]
 needs_embed = pytest.mark.skipif(
     not embed.available(), reason="semantic mode needs the embed extra and the model weights"
 )
@@ -105,8 +110,8 @@ def _stems(text: str) -> set[str]:
 
 @pytest.mark.parametrize(
     ("queries", "least", "paraphrase_share"),
-    [(QUERIES, 40, 0.5), (HELDOUT, 24, 1.0)],
-    ids=["original", "heldout"],
+    [(QUERIES, 40, 0.5), (HELDOUT, 24, 1.0), (HELDOUT2, 20, 1.0)],
+    ids=PARAPHRASE_IDS,
 )
 def test_query_set_is_big_enough_and_paraphrases_share_no_word(
     queries: list[dict[str, Any]], least: int, paraphrase_share: float
@@ -145,11 +150,15 @@ def test_expansion_helps_paraphrases(librarian: Librarian) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="target not met: taxonomy synonyms reach recall@3 0.34 (held-out 0.20) on "
-    "paraphrases that share no word with their answer (benchmarks/RESULTS.md)",
+    reason="target not met: taxonomy synonyms and the everyday-phrasing lexicon reach recall@3 "
+    "0.52 (original), 0.23 (held-out), 0.30 (held-out 2) on paraphrases that share no word "
+    "with their answer (benchmarks/RESULTS.md)",
 )
-def test_recall_at_3_on_paraphrases_meets_the_target(librarian: Librarian) -> None:
-    scores = evaluate(librarian, "expanded")
+@pytest.mark.parametrize("queries", PARAPHRASE_SETS, ids=PARAPHRASE_IDS)
+def test_recall_at_3_on_paraphrases_meets_the_target(
+    librarian: Librarian, queries: list[dict[str, Any]]
+) -> None:
+    scores = evaluate(librarian, "expanded", queries)
     assert scores["paraphrase"]["recall@3"] >= 0.9, scores
 
 
@@ -157,7 +166,7 @@ def test_recall_at_3_on_paraphrases_meets_the_target(librarian: Librarian) -> No
 def test_semantic_mode_keeps_direct_queries_and_beats_expanded(librarian: Librarian) -> None:
     semantic = evaluate(librarian, "semantic")
     assert semantic["direct"]["recall@3"] >= 0.9, semantic
-    for queries in (QUERIES, HELDOUT):
+    for queries in PARAPHRASE_SETS:
         expanded = evaluate(librarian, "expanded", queries)["paraphrase"]
         assert (
             evaluate(librarian, "semantic", queries)["paraphrase"]["recall@3"]
@@ -168,10 +177,10 @@ def test_semantic_mode_keeps_direct_queries_and_beats_expanded(librarian: Librar
 @needs_embed
 @pytest.mark.xfail(
     strict=True,
-    reason="target not met: all-MiniLM-L6-v2 embeddings reach recall@3 0.83 on the original "
-    "paraphrases and 0.70 on the held-out ones (benchmarks/RESULTS.md)",
+    reason="target not met: all-MiniLM-L6-v2 embeddings reach recall@3 0.83 (original), "
+    "0.67 (held-out), 0.77 (held-out 2) on paraphrases (benchmarks/RESULTS.md)",
 )
-@pytest.mark.parametrize("queries", [QUERIES, HELDOUT], ids=["original", "heldout"])
+@pytest.mark.parametrize("queries", PARAPHRASE_SETS, ids=PARAPHRASE_IDS)
 def test_semantic_recall_at_3_on_paraphrases_meets_the_target(
     librarian: Librarian, queries: list[dict[str, Any]]
 ) -> None:
@@ -188,7 +197,7 @@ def main() -> None:
         modes: list[Mode] = ["keyword", "expanded", "fused"]
         modes += ["semantic"] if embed.available() else []
         for mode in modes:
-            for name, queries in (("original", QUERIES), ("heldout", HELDOUT)):
+            for name, queries in zip(PARAPHRASE_IDS, PARAPHRASE_SETS, strict=True):
                 print(mode, name, json.dumps(evaluate(lib, mode, queries)))
                 if "-v" in sys.argv:
                     print("\n".join("   " + m for m in misses(lib, mode, queries)))
