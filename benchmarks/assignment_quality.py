@@ -1,6 +1,7 @@
 """Assignment quality: the market against FCFS and against the offline optimum.
 
     .venv/bin/python benchmarks/assignment_quality.py [--seeds 1,2,3] [--batches 30] [--json]
+        [--joint-award-s 0.005]
 
 Needs the ``bench`` extra (scipy) for the optimum: ``pip install -e '.[bench]'``.
 
@@ -445,7 +446,9 @@ async def _all_idle(kernel: Kernel, runtime: InlineRuntime, workers: list[str], 
     await kernel.market.refresh_workers()
 
 
-def _config(workload: Workload, mode: Mode, scoring: ScoringConfig, namespace: str) -> Config:
+def _config(
+    workload: Workload, mode: Mode, scoring: ScoringConfig, namespace: str, joint_award_s: float
+) -> Config:
     specs = [
         WorkerConfig(
             id=w.id,
@@ -464,16 +467,21 @@ def _config(workload: Workload, mode: Mode, scoring: ScoringConfig, namespace: s
         librarian=LibrarianConfig(enabled=False),  # not measured here
         workers=specs,
         scoring=scoring,
-        market=MarketConfig(window_s=0.5, round_backoff_s=0.01),
+        market=MarketConfig(window_s=0.5, round_backoff_s=0.01, joint_award_s=joint_award_s),
         liveness=LivenessConfig(heartbeat_s=0.02, dead_after_s=2.0),
     )
 
 
 async def run_mode(
-    workload: Workload, mode: Mode, *, scoring: ScoringConfig, base_s: float
+    workload: Workload,
+    mode: Mode,
+    *,
+    scoring: ScoringConfig,
+    base_s: float,
+    joint_award_s: float = MarketConfig().joint_award_s,
 ) -> tuple[list[Placement], _Log]:
     """Run every batch of `workload` through a fresh kernel; where each task went."""
-    config = _config(workload, mode, scoring, f"q{workload.seed}{mode}")
+    config = _config(workload, mode, scoring, f"q{workload.seed}{mode}", joint_award_s)
     clock = SystemClock()
     bus = MemoryBus(clock=clock)
     keys = Keys(config.bus.namespace)
@@ -530,11 +538,18 @@ async def _submit(kernel: Kernel, batch: list[Task], mode: Mode) -> None:
 
 
 async def run_seed(
-    seed: int, *, batches: int, scoring: ScoringConfig, base_s: float
+    seed: int,
+    *,
+    batches: int,
+    scoring: ScoringConfig,
+    base_s: float,
+    joint_award_s: float = MarketConfig().joint_award_s,
 ) -> dict[str, Any]:
     workload = make_workload(seed, batches=batches)
     started = time.perf_counter()
-    market, market_log = await run_mode(workload, "market", scoring=scoring, base_s=base_s)
+    market, market_log = await run_mode(
+        workload, "market", scoring=scoring, base_s=base_s, joint_award_s=joint_award_s
+    )
     fcfs, _ = await run_mode(workload, "fcfs", scoring=scoring, base_s=base_s)
     optimum = optimum_placements(workload, scoring)
     opt_fit = sum(p.fit for p in optimum)
@@ -625,12 +640,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--base-s", type=float, default=0.02, help="sim duration scale (s)")
+    parser.add_argument(
+        "--joint-award-s",
+        type=float,
+        default=MarketConfig().joint_award_s,
+        help="market.joint_award_s of the market (0: each auction awarded alone)",
+    )
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args(argv)
     scoring = ScoringConfig()
     runs = [
         anyio.run(
-            partial(run_seed, int(seed), batches=args.batches, scoring=scoring, base_s=args.base_s)
+            partial(
+                run_seed,
+                int(seed),
+                batches=args.batches,
+                scoring=scoring,
+                base_s=args.base_s,
+                joint_award_s=args.joint_award_s,
+            )
         )
         for seed in args.seeds.split(",")
     ]

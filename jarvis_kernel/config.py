@@ -62,6 +62,11 @@ class MarketConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     round_backoff_s: NonNegSeconds = 0.05
     max_concurrent_auctions: Positive = 256
     pause_poll_s: Seconds = 0.25
+    joint_award_s: NonNegSeconds = 0.005
+    """How long an auction that has closed waits for the others still open, so that the
+    auctions closing together are awarded jointly (`auction.award_batch`, in order of
+    regret); an auction closing with none other open is awarded at once. 0 turns it off:
+    each auction is awarded alone as soon as it closes. Measured in benchmarks/RESULTS.md."""
 
 
 class LivenessConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -116,7 +121,12 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class GuardianConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The guardian's detectors and escalation ladder (``jarvis_kernel/guardian``)."""
 
-    enabled: bool = True
+    # Off by default for now: a pause the guardian decides (error spiral) can only end when
+    # the RCA task runs, and workers start no task while the swarm is paused — so with real
+    # workers it would last until rca_timeout_s. Turn it on where that is acceptable.
+    enabled: bool = False
+    # how often (Clock time) the guardian reads heartbeats and judges the swarm
+    tick_s: Seconds = 1.0
     # stall: no progress event for this long, or past the task's own timeoutS
     stall_after_s: Seconds = 300.0
     # dead worker: heartbeat older than this; None: `liveness.dead_after_s`
@@ -147,6 +157,9 @@ class GuardianConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     quiet_period_s: Seconds = 300.0
     rca_model: str = "gemini:pro"
     resume_after_rca: bool = True
+    # a pause waits at most this long for its RCA task (None: for ever); then the guardian
+    # resumes and records the timeout (no worker may take the RCA while the swarm is paused)
+    rca_timeout_s: Seconds | None = 900.0
 
     def __post_init__(self) -> None:
         if self.backoff_max_s < self.backoff_base_s:

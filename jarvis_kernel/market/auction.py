@@ -6,15 +6,28 @@ Award (protocol.md, "The auction", step 4): the highest score above 0 wins; ties
 lower load/capacity ratio, then the earlier bid, then the smaller ``workerId``. A worker is
 never awarded beyond its capacity: `free` says how many more tasks each worker may take
 *now*, counting awards made by other auctions still open.
+
+Joint award (`award_batch`, an addition of this implementation): auctions whose windows
+closed together are awarded in order of regret, so that an auction that loses much by not
+getting its best bidder goes before one that has a near-equal alternative. Each single award
+still follows the rule above.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+import heapq
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import msgspec
 
-__all__ = ["ReceivedBid", "choose_winner", "free_capacity", "priority_key", "window_complete"]
+__all__ = [
+    "ReceivedBid",
+    "award_batch",
+    "choose_winner",
+    "free_capacity",
+    "priority_key",
+    "window_complete",
+]
 
 
 class ReceivedBid(msgspec.Struct, frozen=True):
@@ -36,6 +49,42 @@ def choose_winner(bids: Iterable[ReceivedBid], free: Mapping[str, int]) -> Recei
     """The winning bid, or None when no bid above 0 comes from a worker with room."""
     candidates = [b for b in bids if b.score > 0.0 and free.get(b.worker_id, 0) > 0]
     return min(candidates, key=_rank, default=None)
+
+
+def award_batch(
+    auctions: Mapping[str, Sequence[ReceivedBid]], free: Mapping[str, int]
+) -> dict[str, ReceivedBid | None]:
+    """Award auctions that closed together: per task id its winning bid, or None.
+
+    Regret-ordered greedy: repeatedly award the auction with the largest regret, its best
+    valid bid's score minus its second-best's (0 without one), among workers that still have
+    room; ties go to the higher best score, then the smaller task id. Each award takes the
+    bid `choose_winner` would, so one auction alone gets exactly what `choose_winner` gives;
+    no worker gets more than `free` allows.
+    """
+    room = dict(free)
+    left = {task: [b for b in bids if b.score > 0.0] for task, bids in auctions.items()}
+    out: dict[str, ReceivedBid | None] = dict.fromkeys(auctions)
+    while left:
+        pick: tuple[tuple[float, float, str], ReceivedBid] | None = None
+        for task in list(left):
+            top = heapq.nsmallest(
+                2, (b for b in left[task] if room.get(b.worker_id, 0) > 0), key=_rank
+            )
+            if not top:
+                del left[task]  # nobody with room bid above 0: no winner
+                continue
+            regret = top[0].score - (top[1].score if len(top) > 1 else 0.0)
+            key = (-regret, -top[0].score, task)
+            if pick is None or key < pick[0]:
+                pick = (key, top[0])
+        if pick is None:
+            break
+        (_, _, task), winner = pick
+        out[task] = winner
+        room[winner.worker_id] -= 1
+        del left[task]
+    return out
 
 
 def window_complete(eligible: Collection[str], answered: Collection[str]) -> bool:

@@ -52,7 +52,14 @@ from ..protocol import (
     decode_event,
     encode,
 )
-from .auction import ReceivedBid, choose_winner, free_capacity, priority_key, window_complete
+from .auction import (
+    ReceivedBid,
+    award_batch,
+    choose_winner,
+    free_capacity,
+    priority_key,
+    window_complete,
+)
 from .records import TaskRecord, assignment_for, dead_letter_tx, event_fields, removal, transition
 
 __all__ = ["AuctionStats", "Auctioneer", "DuplicateTask"]
@@ -84,6 +91,24 @@ class _Auction:
         self.done = anyio.Event()
 
 
+class _Batch:
+    """Auctions closed and waiting to be awarded together (``market.joint_award_s``)."""
+
+    __slots__ = ("bids", "decided", "ready", "winners")
+
+    def __init__(self) -> None:
+        self.bids: dict[str, tuple[ReceivedBid, ...]] = {}
+        self.ready = anyio.Event()  # no auction is open any more: decide now
+        self.decided = anyio.Event()
+        self.winners: dict[str, ReceivedBid | None] = {}
+
+
+def _held(task_id: str) -> str:
+    # Not a valid task id (ids start with a letter or digit): no bid is routed to it, yet
+    # dispatch counts it like an open auction, so its coming award keeps its slot.
+    return f"~held:{task_id}"
+
+
 class Auctioneer:
     """The market's kernel side. Construct, then ``await tg.start(auctioneer.run)``."""
 
@@ -107,6 +132,7 @@ class Auctioneer:
         self._ready: list[tuple[tuple[int, int], str]] = []
         self._ready_changed = anyio.Event()
         self._auctions: dict[str, _Auction] = {}
+        self._batch: _Batch | None = None
         self._slots = anyio.Semaphore(market.max_concurrent_auctions)
         self._committed: Counter[str] = Counter()
         self._capacity: dict[str, int] = {}
@@ -119,6 +145,8 @@ class Auctioneer:
         self._draining = False
         self._listeners: list[Callable[[Event], None]] = []
         self._idle = anyio.Event()
+        # tasks auctioned even while the swarm is paused (the guardian's root-cause analysis)
+        self._exempt: set[str] = set()
 
     # ------------------------------------------------------------------ public API
     def add_listener(self, listener: Callable[[Event], None]) -> Callable[[], None]:
@@ -155,9 +183,18 @@ class Auctioneer:
             auction.done.set()
         self._wake_dispatch()
 
-    async def submit(self, task: Task) -> None:
-        """Record `task` live and queue it for auction. Raises `DuplicateTask` if still live."""
+    async def submit(self, task: Task, *, bypass_pause: bool = False) -> None:
+        """Record `task` live and queue it for auction. Raises `DuplicateTask` if still live.
+
+        With `bypass_pause` the task is auctioned even while the swarm is paused (until it
+        ends): the pause stops ordinary work, not the work that decides how to resume.
+        """
+        added = bypass_pause and task.task_id not in self._exempt
+        if added:
+            self._exempt.add(task.task_id)
         if not await self._admit(task, encode(task), from_intake=False):
+            if added:
+                self._exempt.discard(task.task_id)
             raise DuplicateTask(f"task {task.task_id!r} is still live; it is not run twice")
 
     async def refresh_workers(self) -> None:
@@ -284,7 +321,25 @@ class Auctioneer:
         self._ready_changed.set()
 
     def _can_dispatch(self) -> bool:
-        return bool(self._ready) and not self._paused and not self._draining and self._has_room()
+        if not self._ready or self._draining or not self._has_room():
+            return False
+        return not self._paused or self._exempt_ready() is not None
+
+    def _exempt_ready(self) -> int | None:
+        """Index in the ready heap of the first task exempt from the pause, if any."""
+        if not self._exempt:
+            return None
+        found = [(key, i) for i, (key, tid) in enumerate(self._ready) if tid in self._exempt]
+        return min(found)[1] if found else None
+
+    def _pop_ready(self) -> str:
+        """The next task to auction: the head of the queue, or while paused an exempt one."""
+        index = self._exempt_ready() if self._paused else None
+        if index is None:
+            return heapq.heappop(self._ready)[1]
+        _, task_id = self._ready.pop(index)
+        heapq.heapify(self._ready)
+        return task_id
 
     def _has_room(self) -> bool:
         """Is there a worker with room beyond what the open auctions will take?
@@ -306,8 +361,7 @@ class Auctioneer:
             if not self._can_dispatch():
                 self._slots.release()
                 continue
-            _, task_id = heapq.heappop(self._ready)
-            tg.start_soon(self._auction_slot, task_id)
+            tg.start_soon(self._auction_slot, self._pop_ready())
 
     async def _auction_slot(self, task_id: str) -> None:
         try:
@@ -383,7 +437,7 @@ class Auctioneer:
             if not self._auctions:
                 self._idle.set()
             self._wake_dispatch()
-        winner = choose_winner(auction.bids, self._free())
+        winner = await self._decide(auction)
         if winner is None:
             self.stats.counts["no_winner"] += 1
             return announcing, new_raw
@@ -393,8 +447,7 @@ class Auctioneer:
     async def _award(
         self, record: TaskRecord, raw: bytes, winner: ReceivedBid, auction: _Auction, started: float
     ) -> None:
-        worker = winner.worker_id
-        self._committed[worker] += 1  # reserve before awaiting: other auctions see it
+        worker = winner.worker_id  # `_decide` reserved it in `_committed` already
         now = self.clock.time_ms()
         assigned = msgspec.structs.replace(record, state="assigned", worker_id=worker)
         tx, new_raw = transition(self.keys, raw, assigned)
@@ -420,6 +473,48 @@ class Auctioneer:
         self.stats.award_ms.append((time.perf_counter() - started) * 1000)
         self.stats.counts["awarded"] += 1
         self._records[record.task.task_id] = new_raw or b""
+
+    async def _decide(self, auction: _Auction) -> ReceivedBid | None:
+        """The winner of a closed auction, reserved in `_committed` before anything awaits.
+
+        With ``joint_award_s`` 0 it is chosen at once. Otherwise the auction joins the batch
+        of auctions closed meanwhile; the first of them waits until no auction is open any
+        more, or ``joint_award_s``, then the batch is awarded jointly (`award_batch`).
+        """
+        if self.market.joint_award_s <= 0:
+            winner = choose_winner(auction.bids, self._free())
+            if winner is not None:
+                self._committed[winner.worker_id] += 1
+            return winner
+        batch, leader = self._batch, self._batch is None
+        if batch is None:
+            batch = self._batch = _Batch()
+        batch.bids[auction.task_id] = tuple(auction.bids)
+        self._auctions[_held(auction.task_id)] = auction
+        if len(self._auctions) == len(batch.bids):
+            batch.ready.set()
+        if not leader:
+            await batch.decided.wait()
+        else:
+            try:
+                await run_with_timeout(self.clock, self.market.joint_award_s, batch.ready.wait)
+            finally:
+                self._settle(batch)  # synchronous, so also when cancelled
+        return batch.winners.get(auction.task_id)
+
+    def _settle(self, batch: _Batch) -> None:
+        """Award `batch` and reserve every winner at once, before any award Tx is awaited."""
+        self._batch = None
+        for task_id in batch.bids:
+            del self._auctions[_held(task_id)]
+        batch.winners = award_batch(batch.bids, self._free())
+        for winner in batch.winners.values():
+            if winner is not None:
+                self._committed[winner.worker_id] += 1
+        batch.decided.set()
+        if not self._auctions:
+            self._idle.set()
+        self._wake_dispatch()
 
     async def _fallback(self, record: TaskRecord, raw: bytes) -> None:
         now = self.clock.time_ms()
@@ -537,6 +632,7 @@ class Auctioneer:
             self._records[record.task.task_id] = new_raw or b""
 
     def _finished(self, event: Event) -> None:
+        self._exempt.discard(event.task_id or "")
         for listener in list(self._listeners):
             listener(event)
 

@@ -179,3 +179,33 @@ async def test_bad_bids_are_ignored_and_counted(harness: BusHarness) -> None:
         assert ended.worker_id == "w-good"
         ignored = kernel.market.stats.ignored_bids
         assert ignored["invalid"] == 1 and ignored["round"] == 1 and ignored["unknown_worker"] == 1
+
+
+@pytest.mark.parametrize(("joint_award_s", "expected"), [(0.0, "aa"), (5.0, "ba")])
+async def test_auctions_closing_together_are_awarded_jointly(
+    harness: BusHarness, joint_award_s: float, expected: str
+) -> None:
+    """t-1 closes first (both bid): alone it takes a; awarded with t-2 (only a bids) by
+    regret, t-2 takes a and t-1 gets b, the better assignment."""
+    async with open_kernel(harness, window_s=0.2, joint_award_s=joint_award_s) as kernel:
+        bus, keys, clock = kernel.bus, kernel.keys, kernel.clock
+        a = ScriptedWorker(bus, keys, clock, "a", score=0.9)
+        b = ScriptedWorker(
+            bus, keys, clock, "b", score=lambda ann: 0.8 if ann.task_id == "t-1" else None
+        )
+        b.gate = anyio.Event()  # b holds its bid on t-1 until t-2 is announced too
+        ended: dict[str, str | None] = {}
+        kernel.market.add_listener(lambda e: ended.update({e.task_id or "": e.worker_id}))
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await start_workers(kernel, tg, a, b)
+                await kernel.submit(Task(task_id="t-1"))
+                await kernel.submit(Task(task_id="t-2"))
+                while len(a.announces) < 2 or not b.holding_bid.is_set():
+                    await harness.settle()
+                b.gate.set()  # t-1 closes early now; t-2 (b silent) at its deadline
+                while len(ended) < 2:
+                    await harness.advance(0.2)
+                tg.cancel_scope.cancel()
+        assert ended["t-1"] + ended["t-2"] == expected  # type: ignore[operator]
+        assert len(await events_of(kernel, "TaskAssigned")) == 2

@@ -6,6 +6,7 @@ import pytest
 
 from jarvis_kernel.market.auction import (
     ReceivedBid,
+    award_batch,
     choose_winner,
     free_capacity,
     priority_key,
@@ -49,6 +50,60 @@ def test_full_worker_never_wins() -> None:
     assert choose_winner(bids, {"a": 0, "b": 1}) == bids[1]
     assert choose_winner(bids, {"a": 0, "b": 0}) is None
     assert choose_winner([bid("stranger", 0.9)], FREE) is None
+
+
+def test_joint_award_beats_in_order_greedy() -> None:
+    # In order, t1 takes a (0.9) and t2 is left with b (0.2): 1.1. By regret, t2 (which loses
+    # 0.7 without a) goes first: t2 -> a, t1 -> b: 1.7.
+    auctions = {
+        "t1": [bid("a", 0.9, seq=0), bid("b", 0.8, seq=1)],
+        "t2": [bid("a", 0.9, seq=2), bid("b", 0.2, seq=3)],
+    }
+    winners = award_batch(auctions, {"a": 1, "b": 1})
+    assert winners == {"t1": auctions["t1"][1], "t2": auctions["t2"][0]}
+    assert choose_winner(auctions["t1"], {"a": 1, "b": 1}) == auctions["t1"][0]
+
+
+def test_joint_award_single_auction_is_choose_winner() -> None:
+    cases = [
+        [bid("a", 0.4, seq=0), bid("b", 0.9, seq=1), bid("c", 0.7, seq=2)],
+        [bid("a", 0.8, load=1, capacity=2, seq=0), bid("b", 0.8, seq=1)],
+        [bid("z", 0.8, seq=0), bid("a", 0.8, seq=1)],
+        [bid("a", 0.99, seq=0), bid("b", 0.2, seq=1)],
+        [bid("a", 0.0), bid("b", 0.0, seq=1)],
+        [],
+    ]
+    for free in (FREE, {"a": 0, "b": 1, "c": 1, "z": 1}, {}):
+        for bids in cases:
+            assert award_batch({"t": bids}, free) == {"t": choose_winner(bids, free)}
+
+
+def test_joint_award_never_beyond_capacity() -> None:
+    auctions = {f"t{i}": [bid("a", 0.9, seq=i), bid("b", 0.5, seq=10 + i)] for i in range(5)}
+    winners = award_batch(auctions, {"a": 2, "b": 1, "c": 5})
+    taken = [w.worker_id for w in winners.values() if w is not None]
+    assert sorted(taken) == ["a", "a", "b"]
+    assert sum(w is None for w in winners.values()) == 2
+    assert award_batch(auctions, {"a": 0, "b": 0}) == dict.fromkeys(auctions)
+
+
+def test_joint_award_ties_by_best_score_then_task_id() -> None:
+    # Equal regret (0.1): the higher best score goes first and takes the shared worker.
+    low = {"t-a": [bid("a", 0.5, seq=0), bid("b", 0.4, seq=1)]}
+    high = {"t-z": [bid("a", 0.9, seq=2), bid("c", 0.8, seq=3)]}
+    winners = award_batch(low | high, {"a": 1, "b": 1, "c": 1})
+    assert winners["t-z"].worker_id == "a"  # type: ignore[union-attr]
+    assert winners["t-a"].worker_id == "b"  # type: ignore[union-attr]
+    # Equal regret and best score: the smaller task id goes first.
+    same = {t: [bid("a", 0.9, seq=i), bid("b", 0.5, seq=9 + i)] for i, t in enumerate("yx")}
+    winners = award_batch(same, {"a": 1, "b": 1})
+    assert winners["x"].worker_id == "a" and winners["y"].worker_id == "b"  # type: ignore[union-attr]
+
+
+def test_joint_award_of_nothing() -> None:
+    assert award_batch({}, FREE) == {}
+    assert award_batch({"t": []}, FREE) == {"t": None}
+    assert award_batch({"t": [bid("a", 0.0)]}, FREE) == {"t": None}
 
 
 @pytest.mark.parametrize(
