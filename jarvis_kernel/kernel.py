@@ -59,6 +59,7 @@ class Kernel:
         self._entered: set[str] = set()
         self.auctioneer: Auctioneer | None = None
         self.librarian: Any | None = None
+        self.guardian: Any | None = None
 
     @classmethod
     def from_config(cls, config: Config, *, clock: Clock | None = None, **kwargs: Any) -> Kernel:
@@ -111,6 +112,7 @@ class Kernel:
         self._stack.push_async_callback(self._cancel)
         await self._tg.start(self.auctioneer.run)
         await self._start_librarian()
+        await self._start_guardian()
         if self.start_workers and cfg.workers:
             self._stack.push_async_callback(self._stop_workers)
             for spec in cfg.workers:
@@ -131,6 +133,34 @@ class Kernel:
         self.librarian = LibrarianService.from_config(cfg, bus=self.bus, clock=self.clock)
         assert self._tg is not None
         await self._tg.start(self.librarian.run)
+
+    async def _start_guardian(self) -> None:
+        """The guardian: judges the swarm from its events and heartbeats, and intervenes."""
+        cfg = self.config
+        if not cfg.guardian.enabled:
+            return
+        from .guardian.service import GuardianService, KernelHooks
+
+        market = self.market
+        hooks = KernelHooks(
+            runtime_of=self._runtime_of,
+            reclaim=market.reclaim,
+            submit_rca=partial(market.submit, bypass_pause=True),
+            pause=partial(self.pause, by="guardian"),
+            resume=self.resume,
+        )
+        self.guardian = GuardianService(
+            cfg, bus=self.bus, keys=self.keys, clock=self.clock, kernel_hooks=hooks
+        )
+        assert self._tg is not None
+        await self._tg.start(self.guardian.run)
+
+    def _runtime_of(self, worker_id: str) -> Any | None:
+        """The runtime that started `worker_id`, or None for a worker the kernel does not run."""
+        for runtime in self.runtimes.values():
+            if runtime.status(worker_id).state != "unknown":
+                return runtime
+        return None
 
     async def _runtime(self, kind: str) -> Any:
         """The runtime of `kind`, built and entered on first use."""

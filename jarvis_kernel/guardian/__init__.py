@@ -8,12 +8,15 @@ Pure parts (no I/O, no clock; time comes in as ``now_s``):
     restart intensity and capped backoff; decisions are in that module's docstring.
 Blocking part: `incidents` (``.memory/incidents.jsonl``; call through ``to_thread``).
 
-The service loop (``guardian/service.py``, not written yet) is meant to be::
+Service: `service.GuardianService` (started by the `Kernel` when ``guardian.enabled``; what
+it needs from the kernel comes in as `service.KernelHooks`) runs this loop; its module
+docstring says why restart reclaims before restarting and why the market's own
+dead-worker sweep stays on beside it::
 
     state = SwarmState.from_config(cfg.guardian); ladder = Ladder(cfg.guardian)
     book = LadderBook()
     XGROUP CREATE <ns>:events guardian (once); on start re-read its pending entries
-    every tick (e.g. 1 s of Clock time, or when events arrive):
+    every tick (``guardian.tick_s`` of Clock time; events are folded as they arrive):
         for each event of XREADGROUP <ns>:events guardian <consumer>:
             state.apply(decode_event(raw), clock.monotonic()); XACK
             on task.assigned/started: state.set_timeout(task_id, task.timeout_s) from the

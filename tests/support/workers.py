@@ -1,7 +1,11 @@
 """A scripted worker that speaks the protocol with nothing but `Bus` calls.
 
 It bids a fixed score, takes its tasks with BLMOVE, and reports what the test tells it to.
-It stands in for a foreign worker and lets market tests control every answer.
+It stands in for a foreign worker and lets market tests control every answer. Options:
+``progress_tokens`` (a ``task.progress`` with that many tokens right after the start, for
+token spikes), ``token_usage`` (the total reported on completion); control commands on
+``<ns>:control:<id>`` are recorded in ``controls``; a closed ``hold`` keeps a started task
+in hand without progress (a stall).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from jarvis_kernel.protocol import (
     Announce,
     Assignment,
     Bid,
+    Control,
     Event,
     Keys,
     TaskCompleted,
     TaskFailed,
+    TaskProgress,
     TaskStarted,
     WorkerInfo,
     decode,
@@ -40,12 +46,18 @@ class ScriptedWorker:
         model: str = "gemini:flash",
         fail_with: str | None = None,
         heartbeat_s: float = 1.0,
+        progress_tokens: Callable[[Assignment], int] | None = None,
+        token_usage: int = 10,
     ) -> None:
         self.bus, self.keys, self.clock = bus, keys, clock
         self.worker_id, self.capacity, self.model = worker_id, capacity, model
         self.score = score
         self.fail_with = fail_with
         self.heartbeat_s = heartbeat_s
+        self.progress_tokens = progress_tokens
+        self.token_usage = token_usage
+        self.controls: list[str] = []
+        self.controlled = anyio.Event()  # set at each control command (replace to re-arm)
         self.announces: list[Announce] = []
         self.ran: list[Assignment] = []
         self.hold = anyio.Event()  # set to let tasks finish; set at start unless held
@@ -66,12 +78,17 @@ class ScriptedWorker:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         await self.register()
-        subscription = self.bus.subscribe(channels=[self.keys.market])
+        control = self.keys.control(self.worker_id)
+        subscription = self.bus.subscribe(channels=[self.keys.market, control])
         async with subscription as sub, anyio.create_task_group() as tg:
             tg.start_soon(self._take_loop)
             tg.start_soon(self._heartbeat_loop)
             task_status.started()
             async for message in sub:
+                if message.channel == control:
+                    self.controls.append(decode(message.data, Control).command)
+                    self.controlled.set()
+                    continue
                 announce = decode(message.data, Announce)
                 self.announces.append(announce)
                 score = self.score(announce) if callable(self.score) else self.score
@@ -115,6 +132,16 @@ class ScriptedWorker:
                     attempt=task.attempt,
                 )
             )
+            if self.progress_tokens is not None:
+                await self._event(
+                    TaskProgress(
+                        at_ms=self.clock.time_ms(),
+                        task_id=task.task_id,
+                        worker_id=self.worker_id,
+                        attempt=task.attempt,
+                        token_usage=self.progress_tokens(task),
+                    )
+                )
             await self.hold.wait()
             end: Event
             if self.fail_with:
@@ -133,7 +160,7 @@ class ScriptedWorker:
                     worker_id=self.worker_id,
                     attempt=task.attempt,
                     result={"by": self.worker_id},
-                    token_usage=10,
+                    token_usage=self.token_usage,
                 )
             await self._event(end)
             await self.bus.lrem(processing, 1, raw)

@@ -1,0 +1,507 @@
+"""The guardian service end to end through `Kernel`.
+
+MemoryBus + FakeClock for the ladder's cases (stall, dead worker, error spiral, token
+spike); a real Redis with real process workers for a SIGKILLed worker. Time only moves when
+the test advances the FakeClock; every wait has a `fail_after` net.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import pytest
+
+from jarvis_kernel.bus.memory import MemoryBus
+from jarvis_kernel.bus.redis import RedisBus
+from jarvis_kernel.clock import FakeClock
+from jarvis_kernel.config import (
+    BusConfig,
+    Config,
+    GuardianConfig,
+    LibrarianConfig,
+    LivenessConfig,
+    MarketConfig,
+    WorkerConfig,
+)
+from jarvis_kernel.guardian.incidents import Incident, read_incidents
+from jarvis_kernel.kernel import Kernel
+from jarvis_kernel.protocol import (
+    Announce,
+    Event,
+    FileReverted,
+    GenericEvent,
+    GuardianIntervention,
+    Keys,
+    SwarmPaused,
+    SwarmResumed,
+    Task,
+    TaskAssigned,
+    TaskCompleted,
+    TaskRequeued,
+    TaskStarted,
+    decode_event,
+)
+from jarvis_kernel.runtime.process import ProcessRuntime
+from tests.support.workers import ScriptedWorker
+
+GUARDIAN = {
+    "enabled": True,
+    "tick_s": 0.5,
+    "stall_after_s": 10.0,
+    "dump_grace_s": 5.0,
+    "restart_grace_s": 5.0,
+}
+
+
+def config(memory: Path, **guardian: object) -> Config:
+    return Config(
+        market=MarketConfig(window_s=5.0, max_rounds=2, round_backoff_s=0.01, pause_poll_s=30.0),
+        liveness=LivenessConfig(heartbeat_s=1.0, dead_after_s=3.0),
+        guardian=GuardianConfig(**{**GUARDIAN, **guardian}),  # type: ignore[arg-type]
+        librarian=LibrarianConfig(enabled=False),
+        memory_dir=str(memory),
+    )
+
+
+@dataclass
+class Swarm:
+    kernel: Kernel
+    clock: FakeClock
+    tg: anyio.abc.TaskGroup
+    memory: Path
+    ended: list[Event]
+    """The events that ended tasks (completed or dead), in order."""
+
+    def worker(self, worker_id: str, **options: object) -> ScriptedWorker:
+        k = self.kernel
+        return ScriptedWorker(k.bus, k.keys, self.clock, worker_id, **options)  # type: ignore[arg-type]
+
+    async def start(self, *workers: ScriptedWorker, tg: anyio.abc.TaskGroup | None = None) -> None:
+        for worker in workers:
+            await (tg or self.tg).start(worker.run)
+        await self.kernel.market.refresh_workers()
+
+    async def advance_until(self, done: Callable[[], object], step: float = 0.5) -> None:
+        """Advance the FakeClock a step at a time until `done()` (async or not) is true."""
+        while True:
+            await settle()
+            result = done()
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return
+            await self.clock.advance(step)
+
+    async def settle(self) -> None:
+        await settle()
+
+    async def events(self) -> list[Event | GenericEvent]:
+        entries = await self.kernel.bus.xrange(self.kernel.keys.events)
+        return [decode_event(e.fields["event"]) for e in entries]
+
+    async def interventions(self) -> list[GuardianIntervention]:
+        return [e for e in await self.events() if isinstance(e, GuardianIntervention)]
+
+    def incidents(self) -> list[Incident]:
+        incidents, errors = read_incidents(self.memory / "incidents.jsonl")
+        assert errors == []
+        return incidents
+
+
+async def settle() -> None:
+    """Let every task run until it blocks, including those waiting on a worker thread
+    (the incident log is written through one): fake time must not pass under them."""
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    while True:
+        await anyio.wait_all_tasks_blocked()
+        if not limiter.borrowed_tokens:
+            return
+        await anyio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def open_swarm(tmp_path: Path, **guardian: object) -> AsyncIterator[Swarm]:
+    """A kernel (guardian on) on MemoryBus + FakeClock, and a task group for workers."""
+    clock = FakeClock()
+    bus = MemoryBus(clock=clock)
+    memory = tmp_path / ".memory"
+    kernel = Kernel(config(memory, **guardian), bus=bus, clock=clock)
+    try:
+        with anyio.fail_after(20):
+            async with kernel, anyio.create_task_group() as tg:
+                swarm = Swarm(kernel, clock, tg, memory, [])
+                kernel.market.add_listener(swarm.ended.append)
+                yield swarm
+                tg.cancel_scope.cancel()
+    finally:
+        await bus.aclose()
+
+
+def ordinary(announce: Announce) -> float | None:
+    """Bid on ordinary tasks only (never on the gemini:pro RCA)."""
+    return None if announce.required_model else 0.8
+
+
+def first_round_only(score: float) -> Callable[[Announce], float | None]:
+    """Bid on a task's first round only (a worker that will not take it back again)."""
+    return lambda announce: score if announce.round == 1 else None
+
+
+async def test_stalled_foreign_worker_is_dumped_then_reclaimed(tmp_path: Path) -> None:
+    async with open_swarm(tmp_path) as swarm:
+        await _stalled_foreign_worker_is_dumped_then_reclaimed(swarm)
+
+
+async def _stalled_foreign_worker_is_dumped_then_reclaimed(swarm: Swarm) -> None:
+    stuck = swarm.worker("w-stuck", score=first_round_only(0.9))
+    stuck.hold = anyio.Event()  # starts its task and never progresses
+    rescue = swarm.worker("w-rescue", score=0.5)
+    await swarm.start(stuck, rescue)
+    await swarm.kernel.submit(Task(task_id="t-stall"))
+    await swarm.advance_until(lambda: stuck.ran)
+    await swarm.advance_until(lambda: stuck.controls)
+    assert stuck.controls == ["dump"]
+    assert swarm.clock.monotonic() == 10.0  # stall_after_s
+    await swarm.advance_until(lambda: swarm.ended)
+    assert swarm.clock.monotonic() >= 15.0  # + dump_grace_s
+    (ended,) = swarm.ended
+    assert isinstance(ended, TaskCompleted)
+    assert (ended.worker_id, ended.attempt) == ("w-rescue", 2)
+    requeued = [e for e in await swarm.events() if isinstance(e, TaskRequeued)]
+    assert [(e.task_id, e.attempt) for e in requeued] == [("t-stall", 2)]
+    actions = [(i.level, i.action, i.worker_id) for i in await swarm.interventions()]
+    assert actions == [(1, "dump", "w-stuck"), (2, "reclaim", "w-stuck")]
+    incidents = swarm.incidents()
+    assert [(i.kind, i.action, i.target) for i in incidents] == [
+        ("stall", "dump", "w-stuck"),
+        ("stall", "reclaim", "w-stuck"),
+    ]
+    assert incidents[1].outcome.startswith("1 task(s) taken back")
+    assert incidents[1].evidence["taskId"] == "t-stall"
+    ids = {i.incident_id for i in await swarm.interventions()}
+    assert ids == {i.id for i in incidents}
+
+
+async def test_dead_worker_tasks_are_reclaimed_once(tmp_path: Path) -> None:
+    async with open_swarm(tmp_path) as swarm:
+        await _dead_worker_tasks_are_reclaimed_once(swarm)
+
+
+async def _dead_worker_tasks_are_reclaimed_once(swarm: Swarm) -> None:
+    dying = swarm.worker("w-dying", score=first_round_only(0.9))
+    dying.hold = anyio.Event()
+    rescue = swarm.worker("w-rescue", score=0.5)
+    async with anyio.create_task_group() as crash:
+        await swarm.start(dying, rescue, tg=crash)
+        await swarm.kernel.submit(Task(task_id="t-orphan"))
+        await swarm.advance_until(lambda: dying.ran)
+        crash.cancel_scope.cancel()  # the worker dies: no more heartbeats, no drain
+    await swarm.start(rescue)
+    await swarm.advance_until(lambda: swarm.ended)
+    (ended,) = swarm.ended
+    assert isinstance(ended, TaskCompleted)
+    assert (ended.task_id, ended.worker_id, ended.attempt) == ("t-orphan", "w-rescue", 2)
+    for _ in range(60):  # long after: the dead worker is not reclaimed again
+        await swarm.clock.advance(0.5)
+        await settle()
+    dead = [i for i in swarm.incidents() if i.kind == "worker_dead"]
+    assert [(i.action, i.target, i.level) for i in dead] == [("reclaim", "w-dying", 2)]
+    actions = [(i.action, i.worker_id) for i in await swarm.interventions()]
+    assert actions == [("reclaim", "w-dying")]
+
+
+async def test_error_spiral_pauses_swarm_until_rca_completes(tmp_path: Path) -> None:
+    async with open_swarm(tmp_path) as swarm:
+        await _error_spiral_pauses_swarm_until_rca_completes(swarm)
+
+
+async def _error_spiral_pauses_swarm_until_rca_completes(swarm: Swarm) -> None:
+    failers = [swarm.worker(f"w-fail{i}", score=ordinary, fail_with="E.same") for i in (1, 2)]
+    pro = swarm.worker(
+        "w-pro",
+        model="gemini:pro",
+        score=lambda a: 0.9 if a.required_model == "gemini:pro" else None,
+    )
+    pro.hold = anyio.Event()  # the analysis takes a while
+    await swarm.start(*failers, pro)
+    kernel, guardian = swarm.kernel, swarm.kernel.guardian
+    assert guardian is not None
+    for i in range(3):
+        await kernel.submit(Task(task_id=f"t-{i}", max_attempts=9))
+    await swarm.advance_until(lambda: kernel.market.paused and pro.ran)
+    rca_id = guardian.rca_task_id
+    assert rca_id is not None and [a.task_id for a in pro.ran] == [rca_id]
+    rca_announce = next(a for a in pro.announces if a.task_id == rca_id)
+    assert rca_announce.required_model == "gemini:pro"
+    for failer in failers:
+        failer.fail_with = None  # the fix the analysis found
+    assert swarm.ended == []
+    pro.hold.set()
+    await swarm.advance_until(lambda: not kernel.market.paused)
+    await swarm.advance_until(lambda: len(swarm.ended) >= 4)
+    assert swarm.ended[0].task_id == rca_id  # ordinary work waited for the resume
+    assert all(isinstance(e, TaskCompleted) for e in swarm.ended)
+    events = await swarm.events()
+    paused = [e for e in events if isinstance(e, SwarmPaused)]
+    resumed = [e for e in events if isinstance(e, SwarmResumed)]
+    assert len(paused) == 1 and "E.same" in paused[0].reason and len(resumed) == 1
+    assert await kernel.bus.get(kernel.keys.paused) is None
+    awarded = [e for e in events if isinstance(e, TaskAssigned) and e.task_id == rca_id]
+    assert [e.worker_id for e in awarded] == ["w-pro"]
+    levels = [(i.level, i.action) for i in await swarm.interventions()]
+    assert (3, "pause_and_rca") in levels
+    spiral = [i for i in swarm.incidents() if i.action == "pause_and_rca"]
+    assert len(spiral) == 1 and spiral[0].kind == "error_spiral" and spiral[0].target == "swarm"
+    assert rca_id in spiral[0].outcome
+
+
+async def test_a_pause_whose_rca_never_ends_is_resumed_after_rca_timeout(tmp_path: Path) -> None:
+    async with open_swarm(tmp_path, rca_timeout_s=60.0) as swarm:
+        failers = [swarm.worker(f"w-f{i}", score=ordinary, fail_with="E.same") for i in (1, 2)]
+        await swarm.start(*failers)  # nobody runs gemini:pro: the RCA is never taken
+        kernel = swarm.kernel
+        for i in range(3):
+            await kernel.submit(Task(task_id=f"t-{i}", max_attempts=9))
+        await swarm.advance_until(lambda: kernel.market.paused)
+        paused_at = swarm.clock.monotonic()
+        for failer in failers:
+            failer.fail_with = None
+        await swarm.advance_until(lambda: not kernel.market.paused)
+        assert swarm.clock.monotonic() - paused_at >= 60.0
+        (timeout,) = [i for i in swarm.incidents() if i.kind == "rca_timeout"]
+        assert (timeout.action, timeout.outcome) == ("resume", "swarm resumed")
+        assert await kernel.bus.get(kernel.keys.paused) is None
+
+
+async def test_token_spike_asks_for_a_dump(tmp_path: Path) -> None:
+    async with open_swarm(tmp_path) as swarm:
+        await _token_spike_asks_for_a_dump(swarm)
+
+
+async def _token_spike_asks_for_a_dump(swarm: Swarm) -> None:
+    spender = swarm.worker(
+        "w-spender",
+        progress_tokens=lambda a: 50_000 if a.task_id == "t-big" else 100,
+        token_usage=100,
+    )
+    await swarm.start(spender)
+    kernel = swarm.kernel
+    baseline = [Task(task_id=f"t-{i}") for i in range(5)]
+    for task in baseline:
+        await kernel.submit(task)
+    await swarm.advance_until(lambda: len(swarm.ended) >= 5)
+    spender.hold = anyio.Event()
+    await kernel.submit(Task(task_id="t-big"))
+    await swarm.advance_until(lambda: spender.controls)
+    assert spender.controls == ["dump"]
+    assert swarm.clock.monotonic() < GUARDIAN["stall_after_s"] * 2  # not a stall
+    (incident,) = swarm.incidents()
+    assert (incident.kind, incident.action, incident.level) == ("token_spike", "dump", 1)
+    assert incident.evidence["tokens"] == 50_000 and incident.evidence["median"] == 100
+    (event,) = await swarm.interventions()
+    assert (event.action, event.task_id, event.incident_id) == ("dump", "t-big", incident.id)
+    spender.hold.set()
+
+
+async def test_workspace_still_broken_after_revert_pauses_for_rca(tmp_path: Path) -> None:
+    async with open_swarm(tmp_path) as swarm:
+        await _workspace_still_broken_after_revert_pauses_for_rca(swarm)
+
+
+async def _workspace_still_broken_after_revert_pauses_for_rca(swarm: Swarm) -> None:
+    kernel, guardian = swarm.kernel, swarm.kernel.guardian
+    assert guardian is not None
+    pro = swarm.worker(
+        "w-pro", model="gemini:pro", score=lambda a: 0.9 if a.required_model else 0.5
+    )
+    pro.hold = anyio.Event()
+    await swarm.start(pro)
+    record = {  # what WorkspaceWatcher hands to on_incident (it logged the revert itself)
+        "id": "inc-1-abc",
+        "kind": "build_broken",
+        "target": "/ws",
+        "evidence": {"buildOutputTail": "SyntaxError: a.py", "afterOutputTail": "still bad"},
+        "outcome": "still_broken_escalated",
+        "reverted": ["a.py"],
+        "quarantined": ["a.py", "new.py"],
+        "quarantineDir": "/mem/quarantine/inc-1-abc",
+    }
+    await guardian.on_workspace_incident(record)
+    rca_id = guardian.rca_task_id
+    assert kernel.market.paused and rca_id is not None
+    await kernel.submit(Task(task_id="t-ordinary"))  # waits for the resume
+    await swarm.advance_until(lambda: pro.ran)
+    pro.hold.set()
+    await swarm.advance_until(lambda: swarm.ended)
+    assert swarm.ended[0].task_id == rca_id  # auctioned while paused
+    await swarm.advance_until(lambda: len(swarm.ended) == 2)
+    assert swarm.ended[1].task_id == "t-ordinary"  # after the resume
+    assert await kernel.bus.get(kernel.keys.paused) is None
+    events = await swarm.events()
+    reverted = [(e.path, e.quarantine_path) for e in events if isinstance(e, FileReverted)]
+    assert reverted == [
+        ("a.py", "/mem/quarantine/inc-1-abc/a.py"),
+        ("new.py", "/mem/quarantine/inc-1-abc/new.py"),
+    ]
+    levels = [(e.level, e.action) for e in await swarm.interventions()]
+    assert levels == [(2, "revert"), (3, "pause_and_rca")]
+    (incident,) = swarm.incidents()
+    assert (incident.kind, incident.level, incident.action) == ("build_broken", 3, "pause_and_rca")
+    assert incident.evidence["buildOutputTail"] == "SyntaxError: a.py"
+
+
+# ---------------------------------------------------------------------- real Redis
+
+
+def real_config(redis_url: str, memory: Path, **guardian: Any) -> Config:
+    """Two process workers: p-slow wins "go" tasks and takes 120 s with no progress on the
+    way; p-fast takes 50 ms and (seeded) succeeds."""
+    return Config(
+        bus=BusConfig(redis_url=redis_url, namespace="gsk"),
+        market=MarketConfig(window_s=0.5),
+        liveness=LivenessConfig(heartbeat_s=0.2, dead_after_s=1.0),
+        guardian=GuardianConfig(enabled=True, tick_s=0.2, **guardian),
+        librarian=LibrarianConfig(enabled=False),
+        memory_dir=str(memory),
+        workers=[
+            WorkerConfig(
+                id="p-slow",
+                runtime="process",
+                duration_s=120.0,
+                expertise={"go": 0.9},
+                options={"steps": 1},
+            ),
+            WorkerConfig(
+                id="p-fast",
+                runtime="process",
+                duration_s=0.05,
+                expertise={"go": 0.1},
+                options={"steps": 1, "seed": 4},
+            ),
+        ],
+    )
+
+
+class Events:
+    """Every event of a namespace, as they arrive (one XREADGROUP reader, no polling)."""
+
+    def __init__(self, bus: RedisBus, keys: Keys) -> None:
+        self.bus, self.keys = bus, keys
+        self.seen: list[Event | GenericEvent] = []
+        self._arrived = anyio.Event()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        await self.bus.xgroup_create(self.keys.events, "test", start_id="0")
+        task_status.started()
+        while True:
+            for entry in await self.bus.xreadgroup(self.keys.events, "test", "t", block_s=1.0):
+                self.seen.append(decode_event(entry.fields["event"]))
+                self._arrived.set()
+                self._arrived = anyio.Event()
+
+    async def first(self, match: Callable[[Event | GenericEvent], bool]) -> Event | GenericEvent:
+        while not any(match(e) for e in self.seen):
+            await self._arrived.wait()
+        return next(e for e in self.seen if match(e))
+
+
+@asynccontextmanager
+async def real_kernel(cfg: Config, memory: Path) -> AsyncIterator[tuple[Kernel, Events]]:
+    runtime = ProcessRuntime(
+        redis_url=cfg.bus.redis_url or "",
+        namespace=cfg.bus.namespace,
+        memory_dir=memory,
+        heartbeat_s=cfg.liveness.heartbeat_s,
+        default_grace_s=2.0,
+    )
+    bus = RedisBus.from_url(cfg.bus.redis_url or "", reconnect_timeout_s=5.0)
+    events = Events(bus, Keys(cfg.bus.namespace))
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                await tg.start(events.run)
+                async with Kernel(cfg, runtimes={"process": runtime}) as kernel:
+                    yield kernel, events
+                tg.cancel_scope.cancel()
+    finally:
+        await bus.aclose()
+
+
+def slow_runtime(kernel: Kernel) -> ProcessRuntime:
+    runtime = kernel.runtimes["process"]
+    assert isinstance(runtime, ProcessRuntime)
+    return runtime
+
+
+@pytest.mark.redis
+async def test_sigkilled_process_worker_is_detected_and_its_task_runs_elsewhere(
+    redis_url: str, tmp_path: Path
+) -> None:
+    memory = tmp_path / ".memory"
+    async with real_kernel(real_config(redis_url, memory, stall_after_s=60.0), memory) as (
+        kernel,
+        events,
+    ):
+        await kernel.submit(Task(task_id="t-long", required_skills=["go"]))
+        started = await events.first(lambda e: isinstance(e, TaskStarted))
+        assert started.worker_id == "p-slow"
+        pid = slow_runtime(kernel).status("p-slow").ident
+        assert pid is not None
+        killed_ms = time.time() * 1000
+        os.kill(int(pid), signal.SIGKILL)
+        requeued = await events.first(lambda e: isinstance(e, TaskRequeued))
+        again = await events.first(lambda e: isinstance(e, TaskStarted) and e.attempt == 2)
+        done = await events.first(lambda e: isinstance(e, TaskCompleted))
+        intervention = await events.first(lambda e: isinstance(e, GuardianIntervention))
+        restarts = slow_runtime(kernel).status("p-slow").restarts
+    assert isinstance(intervention, GuardianIntervention)
+    assert (intervention.action, intervention.worker_id) == ("restart", "p-slow")
+    # the heartbeat is older than dead_after_s at the next tick or sweep (plus a beat's lateness)
+    assert requeued.at_ms - killed_ms < (1.0 + 0.2 + 0.2 + 0.5) * 1000
+    assert isinstance(again, TaskStarted) and again.worker_id == "p-fast"
+    assert isinstance(done, TaskCompleted) and (done.worker_id, done.attempt) == ("p-fast", 2)
+    assert again.at_ms - killed_ms < 5000
+    (incident,) = read_incidents(memory / "incidents.jsonl")[0]
+    assert (incident.kind, incident.action, incident.target) == ("worker_dead", "restart", "p-slow")
+    assert "restarted" in incident.outcome
+    assert restarts == 1
+
+
+@pytest.mark.redis
+async def test_stalled_process_worker_dumps_on_sigusr1_then_is_restarted(
+    redis_url: str, tmp_path: Path
+) -> None:
+    memory = tmp_path / ".memory"
+    cfg = real_config(redis_url, memory, stall_after_s=1.0, dump_grace_s=1.0)
+    async with real_kernel(cfg, memory) as (kernel, events):
+        await kernel.submit(Task(task_id="t-hung", required_skills=["go"]))
+        started = await events.first(lambda e: isinstance(e, TaskStarted))
+        assert started.worker_id == "p-slow"
+        dump = await events.first(lambda e: kind_of(e) == "worker.state")
+        done = await events.first(lambda e: isinstance(e, TaskCompleted))
+        await events.first(lambda e: isinstance(e, GuardianIntervention) and e.level == 2)
+        restarts = slow_runtime(kernel).status("p-slow").restarts
+    assert dump.worker_id == "p-slow"  # SIGUSR1 through the runtime
+    assert isinstance(done, TaskCompleted) and (done.worker_id, done.attempt) == ("p-fast", 2)
+    actions = [
+        (e.level, e.action, e.worker_id) for e in events.seen if isinstance(e, GuardianIntervention)
+    ]
+    assert actions == [(1, "dump", "p-slow"), (2, "restart", "p-slow")]
+    assert restarts == 1
+    incidents = read_incidents(memory / "incidents.jsonl")[0]
+    assert [(i.kind, i.action) for i in incidents] == [("stall", "dump"), ("stall", "restart")]
+    assert incidents[0].evidence["via"] == "signal"
+
+
+def kind_of(event: Event | GenericEvent) -> object:
+    return event.type if isinstance(event, GenericEvent) else type(event).__struct_config__.tag
