@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import signal
 import sys
@@ -33,19 +34,16 @@ _COMMAND_MODULES = (
 def run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """`anyio.run` on uvloop when it is installed (``JARVIS_UVLOOP=0`` turns it off).
 
-    uvloop cuts the event loop's cost per message, which is most of a bid's latency when
-    many worker processes share few cores (benchmarks/RESULTS.md).
+    uvloop is optional: measured 5-15% lower award latency here, within the noise of a
+    shared machine (benchmarks/RESULTS.md), so it is not a dependency.
     """
     wanted = os.environ.get("JARVIS_UVLOOP", "auto").strip().lower()
     options: dict[str, Any] = {}
     if wanted not in {"0", "false", "no"}:
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            if wanted in {"1", "true", "yes"}:
-                raise ConfigError("JARVIS_UVLOOP=1 but uvloop is not installed") from None
-        else:
+        if importlib.util.find_spec("uvloop") is not None:
             options = {"use_uvloop": True}
+        elif wanted in {"1", "true", "yes"}:
+            raise ConfigError("JARVIS_UVLOOP=1 but uvloop is not installed")
     return anyio.run(fn, *args, backend_options=options)
 
 
