@@ -3,7 +3,6 @@ search over the bus."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import anyio
@@ -12,21 +11,11 @@ from jarvis_kernel import Kernel
 from jarvis_kernel.bus.memory import MemoryBus
 from jarvis_kernel.config import Config
 from jarvis_kernel.librarian.service import search_over_bus
-
-SAMPLE = Path(__file__).resolve().parents[2] / ".memory"
-
-
-def copy_inputs(target: Path) -> None:
-    shutil.copy(SAMPLE / "projects.json", target / "projects.json")
-    for project in (SAMPLE / "projects").iterdir():
-        (target / "projects" / project.name).mkdir(parents=True)
-        shutil.copy(
-            project / "context_map.json", target / "projects" / project.name / "context_map.json"
-        )
+from tests.support.memory import copy_sample_memory
 
 
 async def test_kernel_hosts_the_librarian(tmp_path: Path) -> None:
-    copy_inputs(tmp_path)
+    copy_sample_memory(tmp_path)
     bus = MemoryBus()
     with anyio.fail_after(30):
         async with Kernel(Config(memory_dir=str(tmp_path)), bus=bus) as kernel:

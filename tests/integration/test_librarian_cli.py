@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.memory import copy_sample_memory
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _copy_inputs(source: Path, dest: Path) -> None:
-    """Copy the sample's inputs only (other processes may be writing the rest of it)."""
-    shutil.copytree(source / "projects", dest / "projects")
-    for name in ("projects.json", "active_project.json"):
-        shutil.copy(source / name, dest / name)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -31,7 +25,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _sample(tmp_path: Path) -> Path:
     memory = tmp_path / "memory"
-    _copy_inputs(ROOT / ".memory", memory)
+    copy_sample_memory(memory)
     return memory
 
 

@@ -15,7 +15,6 @@ Run as a script to print the comparison of ranking modes recorded in benchmarks/
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from jarvis_kernel.librarian import embed
 from jarvis_kernel.librarian.search import Mode
 from jarvis_kernel.librarian.store import Librarian
 from jarvis_kernel.librarian.text import plain_words, stem, words
+from tests.support.memory import copy_sample_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / ".memory"
@@ -39,16 +39,9 @@ needs_embed = pytest.mark.skipif(
 )
 
 
-def _copy_inputs(source: Path, dest: Path) -> None:
-    """Copy the sample's inputs only (other processes may be writing the rest of it)."""
-    shutil.copytree(source / "projects", dest / "projects")
-    for name in ("projects.json", "active_project.json"):
-        shutil.copy(source / name, dest / name)
-
-
 def _copy_sample(dest: Path) -> Path:
     memory = dest / "memory"
-    _copy_inputs(SAMPLE, memory)
+    copy_sample_memory(memory)
     return memory
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,21 +16,15 @@ from jarvis_kernel.config import LibrarianConfig
 from jarvis_kernel.errors import JarvisError
 from jarvis_kernel.librarian.service import LibrarianKeys, LibrarianService, search_over_bus
 from jarvis_kernel.librarian.store import Librarian
+from tests.support.memory import copy_sample_memory
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _copy_inputs(source: Path, dest: Path) -> None:
-    """Copy the sample's inputs only (other processes may be writing the rest of it)."""
-    shutil.copytree(source / "projects", dest / "projects")
-    for name in ("projects.json", "active_project.json"):
-        shutil.copy(source / name, dest / name)
 
 
 @pytest.fixture
 def memory(tmp_path: Path) -> Path:
     mem = tmp_path / "memory"
-    _copy_inputs(ROOT / ".memory", mem)
+    copy_sample_memory(mem)
     return mem
 
 
