@@ -193,9 +193,11 @@ async def _run(config: Any, args: argparse.Namespace) -> None:
 
 
 async def _live(console: Any, view: Any, kernel: Any) -> None:
+    from rich.live import Live
+
     from . import runcmd
 
-    with runcmd.Live(runcmd.render(view, kernel), console=console, refresh_per_second=4) as live:
+    with Live(runcmd.render(view, kernel), console=console, refresh_per_second=4) as live:
         while True:
             await anyio.sleep(0.25)
             live.update(runcmd.render(view, kernel))

@@ -21,7 +21,6 @@ from types import TracebackType
 from typing import Any
 
 import anyio
-import msgspec
 
 from . import control
 from .bus import Bus
@@ -332,6 +331,3 @@ async def _collect(
             if len(done) == len(wanted):
                 break
     return done
-
-
-_ = msgspec

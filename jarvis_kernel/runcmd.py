@@ -12,7 +12,6 @@ from typing import Any
 
 import anyio
 from rich.console import Console, Group
-from rich.live import Live
 from rich.table import Table
 
 from .bus import Bus
@@ -20,7 +19,6 @@ from .demo import demo_tasks
 from .errors import ProtocolError
 from .kernel import Kernel
 from .protocol import (
-    GenericEvent,
     Keys,
     TaskAssigned,
     TaskCompleted,
@@ -30,7 +28,7 @@ from .protocol import (
 )
 from .view import SwarmView, percentile
 
-__all__ = ["EventFollower", "feed_demo", "render", "render_summary"]
+__all__ = ["EventFollower", "feed_demo", "log_line", "render", "render_summary", "show"]
 
 log = logging.getLogger("jarvis_kernel")
 
@@ -167,6 +165,3 @@ def show(console: Console, view: SwarmView, kernel: Kernel, as_json: bool) -> No
         sys.stdout.write(json.dumps(view.summary(), indent=2) + "\n")
     else:
         console.print(render_summary(view))
-
-
-__all__ += ["GenericEvent", "Live", "log_line", "show"]
