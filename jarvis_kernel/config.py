@@ -121,10 +121,7 @@ class WorkerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 class GuardianConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The guardian's detectors and escalation ladder (``jarvis_kernel/guardian``)."""
 
-    # Off by default for now: a pause the guardian decides (error spiral) can only end when
-    # the RCA task runs, and workers start no task while the swarm is paused — so with real
-    # workers it would last until rca_timeout_s. Turn it on where that is acceptable.
-    enabled: bool = False
+    enabled: bool = True
     # how often (Clock time) the guardian reads heartbeats and judges the swarm
     tick_s: Seconds = 1.0
     # stall: no progress event for this long, or past the task's own timeoutS
@@ -158,7 +155,7 @@ class GuardianConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     rca_model: str = "gemini:pro"
     resume_after_rca: bool = True
     # a pause waits at most this long for its RCA task (None: for ever); then the guardian
-    # resumes and records the timeout (no worker may take the RCA while the swarm is paused)
+    # resumes and records the timeout (the RCA is exempt from the pause, but may hang)
     rca_timeout_s: Seconds | None = 900.0
 
     def __post_init__(self) -> None:

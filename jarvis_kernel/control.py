@@ -7,8 +7,11 @@ written together or not at all.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .bus import Bus, Tx
 from .clock import Clock
+from .errors import ProtocolError
 from .market.records import event_fields
 from .protocol import Keys, PauseInfo, SwarmPaused, SwarmResumed, decode, encode
 
@@ -16,10 +19,20 @@ __all__ = ["pause", "paused_info", "resume"]
 
 
 async def pause(
-    bus: Bus, keys: Keys, reason: str, *, by: str, clock: Clock, events_maxlen: int | None
+    bus: Bus,
+    keys: Keys,
+    reason: str,
+    *,
+    by: str,
+    clock: Clock,
+    events_maxlen: int | None,
+    exempt: Sequence[str] = (),
 ) -> PauseInfo:
-    """``SET <ns>:swarm:paused <PauseInfo>`` and event ``swarm.paused``. Returns the info."""
-    info = PauseInfo(reason=reason, at_ms=clock.time_ms(), by=by)
+    """``SET <ns>:swarm:paused <PauseInfo>`` and event ``swarm.paused``. Returns the info.
+
+    The tasks named in `exempt` still run while paused (see `PauseInfo`).
+    """
+    info = PauseInfo(reason=reason, at_ms=clock.time_ms(), by=by, exempt_task_ids=tuple(exempt))
     tx = Tx().set(keys.paused, encode(info))
     tx.xadd(
         keys.events,
@@ -52,5 +65,5 @@ async def paused_info(bus: Bus, keys: Keys) -> PauseInfo | None:
         return None
     try:
         return decode(raw, PauseInfo)
-    except Exception:  # written by someone else: paused all the same, reason unknown
+    except ProtocolError:  # written by someone else: paused all the same, reason unknown
         return PauseInfo(reason=raw.decode("utf-8", "replace")[:200])

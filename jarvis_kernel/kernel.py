@@ -13,7 +13,7 @@ The kernel touches no signal handler and no global event loop; `cli.py` does tha
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -141,11 +141,15 @@ class Kernel:
         from .guardian.service import GuardianService, KernelHooks
 
         market = self.market
+
+        async def pause(reason: str, exempt: Sequence[str]) -> None:
+            await self.pause(reason, by="guardian", exempt=exempt)
+
         hooks = KernelHooks(
             runtime_of=self._runtime_of,
             reclaim=market.reclaim,
-            submit_rca=partial(market.submit, bypass_pause=True),
-            pause=partial(self.pause, by="guardian"),
+            submit_rca=market.submit,
+            pause=pause,
             resume=self.resume,
         )
         self.guardian = GuardianService(
@@ -292,23 +296,27 @@ class Kernel:
                 await self.submit(task)
             return await _collect(events, {t.task_id for t in tasks})
 
-    async def pause(self, reason: str, *, by: str = "operator") -> None:
-        """Pause the swarm: nothing is announced and workers start no new task."""
-        await control.pause(
+    async def pause(self, reason: str, *, by: str = "operator", exempt: Sequence[str] = ()) -> None:
+        """Pause the swarm: nothing is announced and workers start no new task.
+
+        The tasks named in `exempt` are the exception: announced, taken and run all the same.
+        """
+        info = await control.pause(
             self.bus,
             self.keys,
             reason,
             by=by,
             clock=self.clock,
             events_maxlen=self.config.bus.events_maxlen,
+            exempt=exempt,
         )
-        self.market.set_paused(True)
+        self.market.set_paused(info)
 
     async def resume(self, reason: str = "") -> None:
         """Resume a paused swarm (also when it was paused by someone else)."""
         maxlen = self.config.bus.events_maxlen
         await control.resume(self.bus, self.keys, reason, clock=self.clock, events_maxlen=maxlen)
-        self.market.set_paused(False)
+        self.market.set_paused(None)
 
     def stats(self) -> dict[str, Any]:
         market = self.market

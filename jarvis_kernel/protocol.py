@@ -145,11 +145,17 @@ class Control(_Message, frozen=True, kw_only=True):
 
 
 class PauseInfo(_Message, frozen=True, kw_only=True):
-    """The value of ``<ns>:swarm:paused`` while the swarm is paused."""
+    """The value of ``<ns>:swarm:paused`` while the swarm is paused.
+
+    `exempt_task_ids` names the tasks the pause does not hold back (the guardian's
+    root-cause analysis): the kernel still announces them, workers still bid on, take and
+    start them. Everything else waits.
+    """
 
     reason: str
     at_ms: NonNegInt = 0
     by: str = ""
+    exempt_task_ids: tuple[Id, ...] = ()
 
 
 class DeadLetter(_Message, frozen=True, kw_only=True):

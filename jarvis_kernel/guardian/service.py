@@ -16,8 +16,12 @@ How it acts, and why so:
   (guarded Tx), so whichever comes first takes the tasks back and the other finds none. The
   sweep is the safety net that needs no guardian; the guardian adds the restart, the ladder,
   the incidents and the events.
-- **pause_and_rca**: pause through the kernel (key + ``swarm.paused``), then submit the RCA
-  task with ``bypass_pause``, so the market auctions it while ordinary work waits. When the
+- **pause_and_rca**: pause through the kernel (key + ``swarm.paused``) with the RCA task's
+  id in the pause's ``exemptTaskIds``, then submit it: the market announces it and workers
+  take and run it while ordinary work waits. Only when a live worker has ``rca_model``: with
+  none, pausing would stop the swarm with nobody to analyse it, so the guardian records the
+  incident and does not pause. The pause is the record of the RCA in flight: a guardian
+  started while the swarm is paused by the guardian picks the RCA up again. When the
   RCA task ends (``task.completed`` / ``task.dead`` in the stream) `Ladder.rca_done` decides
   whether to resume.
 - Every action that acts writes a ``guardian.intervention`` event and an incident line to
@@ -30,7 +34,7 @@ import itertools
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -42,6 +46,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ..bus import Bus, StreamEntry
 from ..clock import Clock
 from ..config import Config
+from ..control import paused_info
 from ..errors import ProtocolError, RuntimeUnavailable
 from ..market.records import TaskRecord, event_fields
 from ..protocol import (
@@ -55,6 +60,7 @@ from ..protocol import (
     TaskCompleted,
     TaskDead,
     TaskStarted,
+    WorkerInfo,
     decode,
     decode_event,
     encode,
@@ -86,8 +92,9 @@ class KernelHooks:
     reclaim: Callable[[str, str], Awaitable[int]]
     """Take back every task of a worker (attempt + 1); returns how many."""
     submit_rca: Callable[[Task], Awaitable[None]]
-    """Submit a task the market auctions even while the swarm is paused."""
-    pause: Callable[[str], Awaitable[None]]
+    """Submit the RCA task (the pause made for it exempts it)."""
+    pause: Callable[[str, Sequence[str]], Awaitable[None]]
+    """Pause the swarm for a reason, exempting the tasks named."""
     resume: Callable[[str], Awaitable[None]]
 
 
@@ -127,6 +134,7 @@ class GuardianService:
         """Serve until cancelled; ready once its pending events are folded back in."""
         events = self.keys.events
         await self.bus.xgroup_create(events, GROUP, start_id="0")
+        await self._adopt_pause()
         while backlog := await self.bus.xreadgroup(
             events, GROUP, self.consumer, pending=True, count=_BACKLOG
         ):
@@ -143,6 +151,17 @@ class GuardianService:
                 await tg.start(self.watcher.run)
             tg.start_soon(self._loop)
             task_status.started()
+
+    async def _adopt_pause(self) -> None:
+        """Pick up the RCA of a pause an earlier guardian made (the kernel was restarted)."""
+        info = await paused_info(self.bus, self.keys)
+        if info is None or info.by != "guardian" or not info.exempt_task_ids:
+            return
+        self.rca_task_id = info.exempt_task_ids[0]
+        age_s = max(0, self.clock.time_ms() - info.at_ms) / 1000
+        self._rca_since = self.clock.monotonic() - age_s
+        self.book = msgspec.structs.replace(self.book, rca_pending=True)
+        log.info("guardian: swarm paused for RCA task %s; waiting for it", self.rca_task_id)
 
     async def _loop(self) -> None:
         tick = self.cfg.tick_s
@@ -308,11 +327,29 @@ class GuardianService:
         return "restarted"
 
     async def _pause_and_rca(self, reason: str, rca: RcaRequest) -> str:
+        model = rca.required_model
+        if not await self._model_alive(model):
+            self.book, _ = self.ladder.rca_done(self.book)
+            self.state.clear_failures()
+            return f"not paused: no live worker has model {model} to analyse it"
         task_id = f"rca-{self.clock.time_ms()}-{next(self._seq)}"
-        await self.hooks.pause(f"guardian: {reason}"[:500])
+        await self.hooks.pause(f"guardian: {reason}"[:500], (task_id,))
         self.rca_task_id, self._rca_since = task_id, self.clock.monotonic()
         await self.hooks.submit_rca(rca.to_task(task_id))
-        return f"swarm paused; RCA task {task_id} submitted (model {rca.required_model})"
+        return f"swarm paused; RCA task {task_id} submitted (model {model})"
+
+    async def _model_alive(self, model: str) -> bool:
+        """Does a worker with a fresh heartbeat run `model`?"""
+        since = self.clock.time_ms() - round(self._dead_after_s * 1000)
+        alive = {w for w, _ in await self.bus.zrangebyscore(self.keys.heartbeats, since, math.inf)}
+        for worker_id, raw in (await self.bus.hgetall(self.keys.workers)).items():
+            if worker_id in alive:
+                try:
+                    if decode(raw, WorkerInfo).model == model:
+                        return True
+                except ProtocolError:
+                    continue
+        return False
 
     async def _record(self, action: Action, outcome: str) -> None:
         incident = incident_from_action(action, self.clock.time_ms(), outcome)

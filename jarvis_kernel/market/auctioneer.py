@@ -30,6 +30,7 @@ import msgspec
 from ..bus import Bus, StreamEntry, Tx
 from ..clock import Clock, run_with_timeout
 from ..config import LivenessConfig, MarketConfig
+from ..control import paused_info
 from ..errors import ProtocolError
 from ..protocol import (
     Announce,
@@ -37,6 +38,7 @@ from ..protocol import (
     Bid,
     Event,
     Keys,
+    PauseInfo,
     Task,
     TaskAnnounced,
     TaskAssigned,
@@ -141,12 +143,12 @@ class Auctioneer:
         self._refresh_now = anyio.Event()
         self._seq = itertools.count()
         self._bid_seq = itertools.count()
-        self._paused = False
+        self._pause: PauseInfo | None = None
         self._draining = False
         self._listeners: list[Callable[[Event], None]] = []
         self._idle = anyio.Event()
         # tasks auctioned even while the swarm is paused (the guardian's root-cause analysis)
-        self._exempt: set[str] = set()
+        self._exempt: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ public API
     def add_listener(self, listener: Callable[[Event], None]) -> Callable[[], None]:
@@ -167,10 +169,19 @@ class Auctioneer:
 
     @property
     def paused(self) -> bool:
-        return self._paused
+        return self._pause is not None
 
-    def set_paused(self, paused: bool) -> None:
-        self._paused = paused
+    @property
+    def pause_info(self) -> PauseInfo | None:
+        return self._pause
+
+    def set_paused(self, info: PauseInfo | None) -> None:
+        """Follow the swarm's pause (`None`: not paused), as read from ``<ns>:swarm:paused``.
+
+        While paused only the tasks the pause exempts are announced.
+        """
+        self._pause = info
+        self._exempt = frozenset(info.exempt_task_ids) if info is not None else frozenset()
         self._wake_dispatch()
 
     def drain(self) -> None:
@@ -183,18 +194,12 @@ class Auctioneer:
             auction.done.set()
         self._wake_dispatch()
 
-    async def submit(self, task: Task, *, bypass_pause: bool = False) -> None:
+    async def submit(self, task: Task) -> None:
         """Record `task` live and queue it for auction. Raises `DuplicateTask` if still live.
 
-        With `bypass_pause` the task is auctioned even while the swarm is paused (until it
-        ends): the pause stops ordinary work, not the work that decides how to resume.
+        While the swarm is paused it waits, unless the pause exempts it.
         """
-        added = bypass_pause and task.task_id not in self._exempt
-        if added:
-            self._exempt.add(task.task_id)
         if not await self._admit(task, encode(task), from_intake=False):
-            if added:
-                self._exempt.discard(task.task_id)
             raise DuplicateTask(f"task {task.task_id!r} is still live; it is not run twice")
 
     async def refresh_workers(self) -> None:
@@ -323,7 +328,7 @@ class Auctioneer:
     def _can_dispatch(self) -> bool:
         if not self._ready or self._draining or not self._has_room():
             return False
-        return not self._paused or self._exempt_ready() is not None
+        return self._pause is None or self._exempt_ready() is not None
 
     def _exempt_ready(self) -> int | None:
         """Index in the ready heap of the first task exempt from the pause, if any."""
@@ -334,7 +339,7 @@ class Auctioneer:
 
     def _pop_ready(self) -> str:
         """The next task to auction: the head of the queue, or while paused an exempt one."""
-        index = self._exempt_ready() if self._paused else None
+        index = self._exempt_ready() if self._pause is not None else None
         if index is None:
             return heapq.heappop(self._ready)[1]
         _, task_id = self._ready.pop(index)
@@ -561,6 +566,9 @@ class Auctioneer:
             self.stats.ignored_bids[reason or "late"] += 1
             return
         auction.answered.add(bid.worker_id)
+        # The load in a bid is the worker's freshest word on what it holds (the heartbeat's
+        # can be a beat old and would hide a slot freed since); awards still count too.
+        self._load[bid.worker_id] = bid.load
         auction.bids.append(
             ReceivedBid(
                 worker_id=bid.worker_id,
@@ -632,7 +640,6 @@ class Auctioneer:
             self._records[record.task.task_id] = new_raw or b""
 
     def _finished(self, event: Event) -> None:
-        self._exempt.discard(event.task_id or "")
         for listener in list(self._listeners):
             listener(event)
 
@@ -720,9 +727,9 @@ class Auctioneer:
 
     async def _pause_loop(self) -> None:
         while True:
-            paused = await self.bus.exists(self.keys.paused)
-            if paused != self._paused:
-                self.set_paused(paused)
+            info = await paused_info(self.bus, self.keys)
+            if info != self._pause:
+                self.set_paused(info)
             await self.clock.sleep(self.market.pause_poll_s)
 
 

@@ -4,7 +4,8 @@ One agent is one worker. `WorkerAgent.run` registers it, then runs three loops i
 group until a stop is requested:
 
 - heartbeat: every ``liveness.heartbeat_s`` (on the `Clock`) ``ZADD heartbeats`` and
-  ``HSET load``, and a fresh look at ``<ns>:swarm:paused``;
+  ``HSET load``, and a fresh look at ``<ns>:swarm:paused``: while it exists the worker
+  refuses, takes and starts only the tasks it exempts (``exemptTaskIds``);
 - listen: one subscription to ``<ns>:market`` and ``<ns>:control:<id>``; every announce
   still open is answered exactly once per (taskId, round), with 0.0 when the worker cannot
   take it; control commands ``dump``/``pause``/``resume``/``stop``;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +33,7 @@ from .. import __version__
 from ..bus.base import Bus, Message, Subscription, Tx
 from ..clock import Clock
 from ..config import LivenessConfig, ScoringConfig, WorkerConfig
+from ..control import paused_info
 from ..errors import ProtocolError
 from ..market.scoring import bid_score
 from ..protocol import (
@@ -40,6 +43,7 @@ from ..protocol import (
     Event,
     Keys,
     MessageRejected,
+    PauseInfo,
     WorkerInfo,
     WorkerStarted,
     WorkerState,
@@ -99,7 +103,8 @@ class WorkerAgent:
         self.jobs: dict[tuple[str, int], Job] = {}
         self.recent_errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=10)
         self.paused = False
-        self.swarm_paused = False
+        self.pause_info: PauseInfo | None = None
+        """The swarm's pause as last read (`None`: not paused)."""
         self._stopping = False
         self._stop_reason = ""
         self._stop = anyio.Event()
@@ -152,6 +157,20 @@ class WorkerAgent:
             self._stop_reason = reason
             self._stop.set()
             self.notify()
+
+    @property
+    def swarm_paused(self) -> bool:
+        return self.pause_info is not None
+
+    def may_run(self, task_id: str) -> bool:
+        """May `task_id` start now: the worker is not paused and the swarm's pause exempts it."""
+        info = self.pause_info
+        return not self.paused and (info is None or task_id in info.exempt_task_ids)
+
+    def may_take(self) -> bool:
+        """Should tasks be taken now: not paused, or paused with some task exempt."""
+        info = self.pause_info
+        return not self.paused and (info is None or bool(info.exempt_task_ids))
 
     def pause(self) -> None:
         """Bid 0 and start nothing new until `resume`."""
@@ -219,9 +238,12 @@ class WorkerAgent:
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def wait_runnable(self) -> bool:
-        """Wait while paused (locally or swarm-wide). False if a stop came while paused."""
-        while self.paused or self.swarm_paused:
+    async def wait_until(self, ready: Callable[[], bool]) -> bool:
+        """Wait until `ready()` (checked after each change of pause or stop state).
+
+        False if a stop came first.
+        """
+        while not ready():
             if self._stopping:
                 return False
             await self._changed.wait()
@@ -281,7 +303,7 @@ class WorkerAgent:
             at_ms=now, worker_id=self.worker_id, model=self.spec.model, capacity=self.spec.capacity
         )
         await self._bus.execute(self.event_tx(tx, started))
-        self.swarm_paused = await self._bus.exists(keys.paused)
+        self.pause_info = await paused_info(self._bus, keys)
 
     async def _deregister(self) -> None:
         keys, wid = self._keys, self.worker_id
@@ -294,14 +316,15 @@ class WorkerAgent:
         while True:
             await self._clock.sleep(self._liveness.heartbeat_s)
             await self._bus.execute(self._beat(Tx()))
-            await self.refresh_swarm_paused()
+            await self.refresh_pause()
 
-    async def refresh_swarm_paused(self) -> bool:
-        paused = await self._bus.exists(self._keys.paused)
-        if paused != self.swarm_paused:
-            self.swarm_paused = paused
+    async def refresh_pause(self) -> PauseInfo | None:
+        """Read ``<ns>:swarm:paused`` now; wake the waiting loops if it changed."""
+        info = await paused_info(self._bus, self._keys)
+        if info != self.pause_info:
+            self.pause_info = info
             self.notify()
-        return paused
+        return info
 
     # ------------------------------------------------------------------ market and control
 
@@ -338,9 +361,18 @@ class WorkerAgent:
         await self._bus.publish(self._keys.bids(announce.task_id), encode(bid))
 
     async def _score(self, announce: Announce) -> float:
-        """The bid for `announce`: 0.0 (refuse) unless free, unpaused and not stopping."""
-        if self._stopping or self.paused or self.swarm_paused:
+        """The bid for `announce`: 0.0 (refuse) unless free, unpaused and not stopping.
+
+        While the swarm is paused only an exempt task gets a bid; one that is not exempt by
+        the pause last read is checked against a fresh read (the kernel announces nothing
+        else while paused, so it is likely a pause made since, for this very task).
+        """
+        if self._stopping or self.paused:
             return 0.0
+        if not self.may_run(announce.task_id):
+            await self.refresh_pause()
+            if not self.may_run(announce.task_id):
+                return 0.0
         # Tasks in hand only: the kernel counts awards not yet taken against the capacity
         # itself, and asking Redis here would cost a round trip on every bid.
         if self.spec.capacity - self.load <= 0:
@@ -384,7 +416,7 @@ class WorkerAgent:
 
     async def _take_loop(self, jobs: anyio.abc.TaskGroup) -> None:
         while True:
-            await self.wait_runnable()
+            await self.wait_until(self.may_take)
             await self._slots.acquire()
             try:
                 raw = await self._take_one()
@@ -401,7 +433,7 @@ class WorkerAgent:
         if self._take == "shared":  # a plain FCFS worker: only the shared list, blocking on it
             return await self._bus.blmove(keys.tasks, keys.processing(wid), self._poll_s)
         raw = await self._bus.blmove(keys.tasks_for(wid), keys.processing(wid), self._poll_s)
-        if raw is None and not (self.paused or self.swarm_paused):
+        if raw is None and not (self.paused or self.swarm_paused):  # the shared list: none exempt
             raw = await self._bus.lmove(keys.tasks, keys.processing(wid))
         return raw
 

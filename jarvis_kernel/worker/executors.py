@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -106,6 +106,15 @@ class Executor(Protocol):
     async def run(self, task: Assignment, ctx: ExecutionContext) -> Outcome: ...
 
 
+SIM_ERROR_KEYS: Final = (
+    "sim.tests_failed",
+    "sim.type_error",
+    "sim.lint_failed",
+    "sim.merge_conflict",
+    "sim.wrong_approach",
+)
+
+
 class SimExecutor:
     """A pretend agent for demos, tests and benchmarks.
 
@@ -113,7 +122,9 @@ class SimExecutor:
       ``ctx.clock`` in `steps` equal steps, each reporting token usage as progress;
     - tokens: about ``tokens_base + tokens_per_complexity * complexity`` in all;
     - success with probability ``base_success + (1 - base_success) * ctx.fit - fail_rate``
-      (clamped to [0, 1]); a failure is ``sim.failed``.
+      (clamped to [0, 1]); a failure's ``errorKey`` is drawn from `error_keys` (by default
+      five kinds of everyday failure, so that chance failures look like chance to the
+      guardian; give one key to simulate a systematic error).
 
     Randomness comes from this executor's own seeded `random.Random`.
     """
@@ -129,7 +140,17 @@ class SimExecutor:
         base_success: float = 0.6,
         tokens_base: int = 500,
         tokens_per_complexity: int = 4000,
+        error_keys: Sequence[str] = SIM_ERROR_KEYS,
     ) -> None:
+        if (
+            isinstance(error_keys, str)
+            or not error_keys
+            or not all(isinstance(k, str) and 0 < len(k) <= 200 for k in error_keys)
+        ):
+            raise ValueError(
+                f"error_keys must be a non-empty list of strings of 1-200 characters, "
+                f"got {error_keys!r}"
+            )
         self.duration_s = duration_s
         self.fail_rate = fail_rate
         self.base_s = base_s
@@ -137,6 +158,7 @@ class SimExecutor:
         self.base_success = base_success
         self.tokens_base = tokens_base
         self.tokens_per_complexity = tokens_per_complexity
+        self.error_keys = tuple(error_keys)
         self._rng = random.Random(seed)
 
     def duration_for(self, task: Assignment) -> float:
@@ -161,7 +183,8 @@ class SimExecutor:
                 result={"summary": f"simulated {task.task_id}", "steps": self.steps},
                 token_usage=ctx.token_usage,
             )
-        return Failed(error_key="sim.failed", error=f"simulated failure (p_success={p:.2f})")
+        key = self._rng.choice(self.error_keys)
+        return Failed(error_key=key, error=f"simulated failure (p_success={p:.2f})")
 
 
 def _sim(spec: WorkerConfig, seed: int | None) -> Executor:
@@ -172,6 +195,7 @@ def _sim(spec: WorkerConfig, seed: int | None) -> Executor:
         seed=seed if seed is not None else opts.get("seed"),
         base_s=float(opts.get("base_s", 2.0)),
         steps=int(opts.get("steps", 4)),
+        error_keys=opts.get("error_keys", SIM_ERROR_KEYS),
     )
 
 

@@ -2,11 +2,11 @@
 
 `JobRunner.accept` is called, without awaiting, with every raw element the worker moved into
 its processing list; it decides (an invalid task is dead-lettered, a duplicate of a task
-already in hand is dropped) and starts the job. A job then waits while the worker or the
-swarm is paused, writes ``task.started``, runs the executor under the task's ``timeoutS``
-(reporting ``task.progress``), and writes exactly one of ``task.completed`` /
-``task.failed`` in the same atomic change as the ``LREM`` from the processing list. Last,
-the worker learns from the outcome and republishes its `WorkerInfo`.
+already in hand is dropped) and starts the job. A job then waits while the worker is paused
+or the swarm's pause does not exempt its task, writes ``task.started``, runs the executor
+under the task's ``timeoutS`` (reporting ``task.progress``), and writes exactly one of
+``task.completed`` / ``task.failed`` in the same atomic change as the ``LREM`` from the
+processing list. Last, the worker learns from the outcome and republishes its `WorkerInfo`.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class JobRunner:
     async def _run(self, job: Job, release: Release | None) -> None:
         agent = self._agent
         try:
-            if not await self._ready():
+            if not await self._ready(job.task.task_id):
                 return  # stopped while paused: it stays in processing, for the kernel
             job.started_at = agent.clock.monotonic()
             await agent.emit(TaskStarted(**self._ids(job)))
@@ -141,11 +141,13 @@ class JobRunner:
             agent.jobs.pop(job.key, None)
             _done(agent, release)
 
-    async def _ready(self) -> bool:
-        """Wait until neither the worker nor the swarm is paused (read fresh)."""
+    async def _ready(self, task_id: str) -> bool:
+        """Wait until the worker is not paused and the swarm's pause (read fresh) lets
+        `task_id` run: none, or one that exempts it."""
         agent = self._agent
-        while await agent.wait_runnable():
-            if not await agent.refresh_swarm_paused():
+        while await agent.wait_until(lambda: agent.may_run(task_id)):
+            await agent.refresh_pause()
+            if agent.may_run(task_id):
                 return True
         return False
 

@@ -30,6 +30,7 @@ from jarvis_kernel.protocol import (
     Event,
     GenericEvent,
     Keys,
+    PauseInfo,
     WorkerInfo,
     WorkerState,
     decode,
@@ -395,6 +396,43 @@ async def test_swarm_pause_holds_new_tasks(world: World) -> None:
         await world.wait_event("task.started")
         world.executor.release("t1")
         await world.wait_event("task.completed")
+
+
+async def test_a_swarm_pause_lets_its_exempt_task_through(world: World) -> None:
+    agent = world.agent(capacity=2)
+    async with (
+        world.bus.subscribe(patterns=[KEYS.bids_pattern]) as sub,
+        running(agent),
+    ):
+        bids = sub.__aiter__()
+        await world.push(Assignment(task_id="t-held"))  # awarded before the pause
+        await world.wait_event("task.started")
+        world.executor.release("t-held")
+        await world.wait_event("task.completed")
+        await world.bus.set(KEYS.paused, encode(PauseInfo(reason="operator")))
+        await world.until(lambda: _true(agent.swarm_paused))
+        # Paused again with t-rca exempt, unknown to the worker: its bid reads the key anew.
+        pause = PauseInfo(reason="rca", by="guardian", exempt_task_ids=("t-rca",))
+        await world.bus.set(KEYS.paused, encode(pause))
+        await world.bus.publish(KEYS.market, encode(world.announce("t-other")))
+        assert (await next_bid(bids)).score == 0.0
+        await world.bus.publish(KEYS.market, encode(world.announce("t-rca")))
+        assert (await next_bid(bids)).score > 0.0
+        assert agent.pause_info == pause
+        await world.push(Assignment(task_id="t-late"))  # not exempt: taken, not started
+        await world.push(Assignment(task_id="t-rca"))
+        await world.wait_event("task.started", 2)
+        world.executor.release("t-rca")
+        await world.wait_event("task.completed", 2)
+        for _ in range(4):
+            await world.h.advance(STEP_S)
+        started = [e.task_id for e in await world.events("task.started")]
+        assert started == ["t-held", "t-rca"]
+        await world.bus.delete(KEYS.paused)
+        await world.wait_event("task.started", 3)
+        world.executor.release("t-late")
+        await world.wait_event("task.completed", 3)
+    assert world.executor.runs == ["t-held", "t-rca", "t-late"]
 
 
 async def test_stop_drains_the_task_in_hand(world: World) -> None:

@@ -33,6 +33,7 @@ from jarvis_kernel.config import (
     MarketConfig,
     WorkerConfig,
 )
+from jarvis_kernel.control import paused_info
 from jarvis_kernel.guardian.incidents import Incident, read_incidents
 from jarvis_kernel.kernel import Kernel
 from jarvis_kernel.protocol import (
@@ -63,8 +64,11 @@ GUARDIAN = {
 }
 
 
-def config(memory: Path, **guardian: object) -> Config:
+def config(
+    memory: Path, *, workers: list[WorkerConfig] | None = None, **guardian: object
+) -> Config:
     return Config(
+        workers=workers or [],
         market=MarketConfig(window_s=5.0, max_rounds=2, round_backoff_s=0.01, pause_poll_s=30.0),
         liveness=LivenessConfig(heartbeat_s=1.0, dead_after_s=3.0),
         guardian=GuardianConfig(**{**GUARDIAN, **guardian}),  # type: ignore[arg-type]
@@ -130,12 +134,17 @@ async def settle() -> None:
 
 
 @asynccontextmanager
-async def open_swarm(tmp_path: Path, **guardian: object) -> AsyncIterator[Swarm]:
-    """A kernel (guardian on) on MemoryBus + FakeClock, and a task group for workers."""
+async def open_swarm(
+    tmp_path: Path, *, workers: list[WorkerConfig] | None = None, **guardian: object
+) -> AsyncIterator[Swarm]:
+    """A kernel (guardian on) on MemoryBus + FakeClock, and a task group for workers.
+
+    `workers` are the kernel's own (inline `WorkerAgent`s); tests add scripted ones.
+    """
     clock = FakeClock()
     bus = MemoryBus(clock=clock)
     memory = tmp_path / ".memory"
-    kernel = Kernel(config(memory, **guardian), bus=bus, clock=clock)
+    kernel = Kernel(config(memory, workers=workers, **guardian), bus=bus, clock=clock)
     try:
         with anyio.fail_after(20):
             async with kernel, anyio.create_task_group() as tg:
@@ -268,7 +277,9 @@ async def _error_spiral_pauses_swarm_until_rca_completes(swarm: Swarm) -> None:
 async def test_a_pause_whose_rca_never_ends_is_resumed_after_rca_timeout(tmp_path: Path) -> None:
     async with open_swarm(tmp_path, rca_timeout_s=60.0) as swarm:
         failers = [swarm.worker(f"w-f{i}", score=ordinary, fail_with="E.same") for i in (1, 2)]
-        await swarm.start(*failers)  # nobody runs gemini:pro: the RCA is never taken
+        pro = swarm.worker("w-pro", model="gemini:pro", score=rca_only)
+        pro.hold = anyio.Event()  # the analysis hangs, for ever
+        await swarm.start(*failers, pro)
         kernel = swarm.kernel
         for i in range(3):
             await kernel.submit(Task(task_id=f"t-{i}", max_attempts=9))
@@ -281,6 +292,77 @@ async def test_a_pause_whose_rca_never_ends_is_resumed_after_rca_timeout(tmp_pat
         (timeout,) = [i for i in swarm.incidents() if i.kind == "rca_timeout"]
         assert (timeout.action, timeout.outcome) == ("resume", "swarm resumed")
         assert await kernel.bus.get(kernel.keys.paused) is None
+        assert [a.task_id for a in pro.ran] == [timeout.evidence["rcaTaskId"]]
+
+
+async def test_no_pause_when_no_live_worker_can_run_the_rca(tmp_path: Path) -> None:
+    async with open_swarm(tmp_path) as swarm:
+        failers = [swarm.worker(f"w-f{i}", score=ordinary, fail_with="E.same") for i in (1, 2)]
+        await swarm.start(*failers)  # nobody runs gemini:pro
+        kernel = swarm.kernel
+        for i in range(3):
+            await kernel.submit(Task(task_id=f"t-{i}", max_attempts=1))
+        await swarm.advance_until(lambda: len(swarm.ended) == 3)
+        await swarm.advance_until(lambda: [i for i in swarm.incidents() if i.level == 3])
+        (incident,) = [i for i in swarm.incidents() if i.level == 3]
+        assert (incident.kind, incident.target) == ("error_spiral", "swarm")
+        assert incident.outcome == "not paused: no live worker has model gemini:pro to analyse it"
+        assert not kernel.market.paused and await kernel.bus.get(kernel.keys.paused) is None
+        assert kernel.guardian is not None and kernel.guardian.rca_task_id is None
+        await kernel.submit(Task(task_id="t-after"))  # the swarm still works
+        for failer in failers:
+            failer.fail_with = None
+        await swarm.advance_until(lambda: len(swarm.ended) == 4)
+        assert isinstance(swarm.ended[-1], TaskCompleted)
+
+
+def rca_only(announce: Announce) -> float | None:
+    return 0.9 if announce.required_model == "gemini:pro" else None
+
+
+async def test_real_workers_run_the_rca_while_the_swarm_is_paused(tmp_path: Path) -> None:
+    """The kernel's own WorkerAgents: a pause exempts the RCA task, and only it."""
+    flash = {"model": "gemini:flash", "expertise": {"go": 0.9}, "fail_rate": 1.0}
+    workers = [
+        WorkerConfig(id=f"bad{i}", duration_s=1.0, options={"error_keys": ["E.build"]}, **flash)
+        for i in (1, 2)
+    ] + [WorkerConfig(id="pro", model="gemini:pro", duration_s=2.0, options={"seed": 1})]
+    async with open_swarm(tmp_path, workers=workers) as swarm:
+        kernel, guardian = swarm.kernel, swarm.kernel.guardian
+        assert guardian is not None
+        await kernel.market.refresh_workers()
+        for i in range(3):
+            task = Task(task_id=f"t-{i}", required_skills=["go"], required_model="gemini:flash")
+            await kernel.submit(task)
+        await swarm.advance_until(lambda: kernel.market.paused)
+        rca_id = guardian.rca_task_id
+        assert rca_id is not None
+        info = await paused_info(kernel.bus, kernel.keys)
+        assert info is not None and info.exempt_task_ids == (rca_id,) and info.by == "guardian"
+        held = Task(task_id="t-held", required_skills=["go"], required_model="gemini:flash")
+        await kernel.submit(held)  # submitted while paused: waits
+        await swarm.advance_until(lambda: not kernel.market.paused)
+        await swarm.advance_until(lambda: any(e.task_id == "t-held" for e in swarm.ended))
+        events = await swarm.events()
+    order = [(kind_of(e), getattr(e, "task_id", None)) for e in events]
+    paused_at = order.index(("swarm.paused", None))
+    resumed_at = order.index(("swarm.resumed", None))
+    rca = [k for k, w in order[paused_at:resumed_at] if w == rca_id and k != "task.progress"]
+    assert rca == [
+        "task.submitted",
+        "task.announced",
+        "task.assigned",
+        "task.started",
+        "task.completed",
+    ]
+    assigned = next(e for e in events if isinstance(e, TaskAssigned) and e.task_id == rca_id)
+    assert assigned.worker_id == "pro"
+    # nothing but the RCA was announced or started while paused
+    during = [
+        (k, w) for k, w in order[paused_at:resumed_at] if k in ("task.announced", "task.started")
+    ]
+    assert {w for _, w in during} == {rca_id}
+    assert order.index(("task.started", "t-held")) > resumed_at
 
 
 async def test_token_spike_asks_for_a_dump(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from jarvis_kernel.protocol import (
     GenericEvent,
     GuardianIntervention,
     Keys,
+    PauseInfo,
     Task,
     TaskCompleted,
     TaskSubmitted,
@@ -165,8 +166,8 @@ async def test_submit_wait_reports_failed_attempts_then_death(
             )
     assert done.returncode == 1, done.stderr
     assert done.stdout.strip().startswith("t-")  # the generated id, printed first
-    assert "attempt 1 failed on bad: sim.failed" in done.stderr
-    assert "attempt 2 failed on bad: sim.failed" in done.stderr
+    assert "attempt 1 failed on bad: sim." in done.stderr
+    assert "attempt 2 failed on bad: sim." in done.stderr
     assert "dead after 2 attempt(s)" in done.stderr
 
 
@@ -241,9 +242,9 @@ async def test_pause_holds_new_tasks_until_resume(
             seen = {True: anyio.Event(), False: anyio.Event()}
             set_paused = kernel.market.set_paused
 
-            def spy(paused: bool) -> None:
-                set_paused(paused)
-                seen[paused].set()
+            def spy(info: PauseInfo | None) -> None:
+                set_paused(info)
+                seen[info is not None].set()
 
             monkeypatch.setattr(kernel.market, "set_paused", spy)
             paused = await jarvis("pause", *on_redis(redis_url), "--reason", "maintenance")

@@ -10,6 +10,7 @@ from jarvis_kernel.config import WorkerConfig
 from jarvis_kernel.errors import ExecutorError
 from jarvis_kernel.protocol import Assignment
 from jarvis_kernel.worker.executors import (
+    SIM_ERROR_KEYS,
     Completed,
     ExecutionContext,
     Failed,
@@ -64,7 +65,33 @@ async def test_fixed_duration_and_certain_failure() -> None:
     outcome, took = await run_to_end(executor, task, context(clock, 1.0, []), clock)
     assert took == pytest.approx(1.0, abs=0.11)
     assert isinstance(outcome, Failed)
-    assert outcome.error_key == "sim.failed"
+    assert outcome.error_key in SIM_ERROR_KEYS
+
+
+async def test_failures_draw_their_error_key_from_error_keys() -> None:
+    clock = FakeClock()
+
+    async def keys_of(executor: SimExecutor) -> list[str]:
+        keys = []
+        for i in range(100):
+            out = await executor.run(Assignment(task_id=f"t{i}"), context(clock, 1.0, []))
+            assert isinstance(out, Failed)
+            keys.append(out.error_key)
+        return keys
+
+    chance = await keys_of(SimExecutor(duration_s=0.0, fail_rate=1.0, seed=5, steps=1))
+    assert set(chance) == set(SIM_ERROR_KEYS)  # chance failures do not look systematic
+    spec = WorkerConfig(id="w1", duration_s=0.0, fail_rate=1.0, options={"error_keys": ["E.x"]})
+    systematic = make_executor(spec)
+    assert isinstance(systematic, SimExecutor)
+    assert set(await keys_of(systematic)) == {"E.x"}
+
+
+@pytest.mark.parametrize("bad", ["E.x", [], [""], [3], ["k" * 201]])
+def test_bad_error_keys_are_refused_with_the_worker_named(bad: object) -> None:
+    spec = WorkerConfig(id="w-bad", options={"error_keys": bad})
+    with pytest.raises(ExecutorError, match=r"worker 'w-bad': bad options for 'sim': error_keys"):
+        make_executor(spec)
 
 
 async def test_zero_duration_still_reports_progress() -> None:
