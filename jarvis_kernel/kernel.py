@@ -116,6 +116,11 @@ class Kernel:
             self._stack.push_async_callback(self._stop_workers)
             for spec in cfg.workers:
                 runtime = await self._runtime(spec.runtime)
+                # What an earlier run's incarnation left (the kernel was killed, and its
+                # workers with it) goes back to the market first, as before any restart.
+                taken = await self.auctioneer.reclaim(spec.id, "its worker was started anew")
+                if taken:
+                    log.info("worker %s: %d task(s) of its last run taken back", spec.id, taken)
                 await runtime.start(spec)
             await self.auctioneer.refresh_workers()  # they are registered: see them at once
 

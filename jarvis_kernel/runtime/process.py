@@ -1,11 +1,13 @@
 """`ProcessRuntime`: one ``python -m jarvis_kernel worker`` subprocess per worker, over Redis.
 
 `start` spawns the worker (in its own session, so a Ctrl-C meant for the kernel does not
-reach it directly) and returns once it prints its ready line, i.e. once it is registered and
-listening. `stop` sends SIGTERM (the worker drains and deregisters), waits `grace_s`, then
-SIGKILLs. Each child's stdout and stderr are read all the time, so its pipes never fill; the
-last lines are kept for `status` (``log_tail``). Grace and start timeouts are real seconds:
-a subprocess does not follow the kernel's clock.
+reach it directly; with ``--exit-with-stdin`` and a pipe as its stdin whose other end only
+the kernel holds, so that a killed kernel leaves no worker behind) and returns once it
+prints its ready line, i.e. once it is registered and listening. `stop` sends SIGTERM (the
+worker drains and deregisters), waits `grace_s`, then SIGKILLs. Each child's stdout and
+stderr are read all the time, so its pipes never fill; the last lines are kept for `status`
+(``log_tail``). Grace and start timeouts are real seconds: a subprocess does not follow the
+kernel's clock.
 """
 
 from __future__ import annotations
@@ -145,10 +147,11 @@ class ProcessRuntime(HandleRuntime[_Child]):
             memory_dir=self._memory_dir,
             heartbeat_s=self._heartbeat_s,
         )
+        argv.append("--exit-with-stdin")
         try:
             process = await anyio.open_process(
                 argv,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=self._child_env(),

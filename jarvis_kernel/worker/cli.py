@@ -8,7 +8,11 @@ entry), overridden by ``--allow PROG`` (repeatable) and ``--workspace DIR`` (com
 ``--python-target MOD:FN`` (python), ``--llm-base-url URL`` and ``--llm-model NAME`` (llm).
 
 Signals: SIGTERM or SIGINT drain (finish the tasks in hand, deregister, exit 0; a second
-one exits at once), SIGUSR1 writes a ``worker.state`` event. Once registered and listening
+one exits at once), SIGUSR1 writes a ``worker.state`` event. With ``--exit-with-stdin`` the
+worker exits at once, as if killed, when its standard input reaches end of file: the
+process that started it holds the other end, so the worker does not outlive a kernel that
+is killed (the tasks in hand stay in ``processing:<id>``, which the kernel takes back when
+it starts the worker again). Once registered and listening
 the process prints ``READY_LINE <id>`` on stdout, which `ProcessRuntime` waits for.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -98,6 +103,11 @@ def register(subparsers: Any) -> None:
         default="own",
         help="own: bid and take awarded tasks (default); shared: plain FCFS from <ns>:tasks",
     )
+    p.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="exit at once (no drain) when stdin reaches EOF: the parent is gone",
+    )
     p.set_defaults(handler=_handle)
 
 
@@ -166,11 +176,17 @@ def _handle(args: argparse.Namespace) -> int:
     memory_dir = Path(args.memory or config.memory_dir)
     from ..cli import run_async
 
-    run_async(_main, config, spec, executor, memory_dir)
+    run_async(_main, config, spec, executor, memory_dir, args.exit_with_stdin)
     return 0
 
 
-async def _main(config: Config, spec: WorkerConfig, executor: Executor, memory_dir: Path) -> None:
+async def _main(
+    config: Config,
+    spec: WorkerConfig,
+    executor: Executor,
+    memory_dir: Path,
+    exit_with_stdin: bool,
+) -> None:
     async with open_bus(
         config.bus.redis_url, reconnect_timeout_s=config.bus.reconnect_timeout_s
     ) as bus:
@@ -186,10 +202,10 @@ async def _main(config: Config, spec: WorkerConfig, executor: Executor, memory_d
             events_maxlen=config.bus.events_maxlen,
             take=spec.take,
         )
-        await _serve(agent)
+        await _serve(agent, exit_with_stdin=exit_with_stdin)
 
 
-async def _serve(agent: WorkerAgent) -> None:
+async def _serve(agent: WorkerAgent, *, exit_with_stdin: bool = False) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as received:
         async with anyio.create_task_group() as tg:
 
@@ -198,8 +214,25 @@ async def _serve(agent: WorkerAgent) -> None:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(_on_signals, received, agent, tg.cancel_scope)
+            if exit_with_stdin:
+                tg.start_soon(_exit_at_stdin_eof, tg.cancel_scope)
             await tg.start(run)
             print(f"{READY_LINE} {agent.worker_id}", flush=True)
+
+
+async def _exit_at_stdin_eof(scope: anyio.CancelScope) -> None:
+    """Cancel `scope` (exit without drain) once stdin is at EOF; what arrives is dropped."""
+    fd = sys.stdin.fileno()
+    os.set_blocking(fd, False)
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            if not os.read(fd, 4096):
+                break
+        except BlockingIOError:
+            continue
+    log.warning("stdin closed: the process that started this worker is gone; exiting")
+    scope.cancel()
 
 
 async def _on_signals(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from jarvis_kernel.protocol import (
     decode_event,
     encode,
 )
-from jarvis_kernel.runtime.process import ProcessRuntime
+from jarvis_kernel.runtime.process import ProcessRuntime, worker_argv
 
 pytestmark = pytest.mark.redis
 
@@ -120,3 +122,37 @@ async def test_a_worker_that_cannot_start_is_reported(redis_url: str, tmp_path: 
         with pytest.raises(RuntimeUnavailable, match="exited with code"):
             await runtime.start(WorkerConfig(id="bad", runtime="process", executor="llm"))
     assert runtime.status("bad").state == "exited"
+
+
+async def test_a_worker_exits_when_the_kernel_that_started_it_dies(
+    redis_url: str, bus: RedisBus, tmp_path: Path
+) -> None:
+    """The runtime's pipe on stdin: closing it (as a SIGKILLed kernel's exit does) ends the
+    worker at once, without a drain: its task stays in processing:<id> for the next kernel."""
+    spec = WorkerConfig(id="w-orphan", runtime="process", duration_s=60.0)
+    argv = worker_argv(
+        spec,
+        python=sys.executable,
+        redis_url=redis_url,
+        namespace=KEYS.namespace,
+        memory_dir=tmp_path / ".memory",
+        heartbeat_s=0.2,
+    )
+    argv.append("--exit-with-stdin")
+    with anyio.fail_after(30):
+        async with await anyio.open_process(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ) as process:
+            assert process.stdout is not None and process.stdin is not None
+            ready = await process.stdout.receive()
+            assert b"jarvis-worker ready w-orphan" in ready
+            raw = encode(Assignment(task_id="t-in-hand"))
+            await bus.lpush(KEYS.tasks_for("w-orphan"), raw)
+            await next_event(bus, "task.started")
+            await process.stdin.aclose()  # the parent is gone
+            await process.wait()
+            assert process.stderr is not None
+            stderr = b"".join([chunk async for chunk in process.stderr])
+    assert b"stdin closed: the process that started this worker is gone" in stderr
+    assert await bus.lrange(KEYS.processing("w-orphan"), 0, -1) == [raw]  # no drain
+    assert await bus.hget(KEYS.workers, "w-orphan") is not None  # no deregistration either
