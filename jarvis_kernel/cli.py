@@ -176,6 +176,11 @@ async def _run(config: Any, args: argparse.Namespace) -> None:
     duration = args.duration_s if args.duration_s is not None else (15.0 if args.demo else None)
     kernel = Kernel.from_config(config, start_workers=not args.no_workers)
     async with kernel:
+        logging.getLogger("jarvis_kernel").info(
+            "kernel ready: namespace %s, %d worker(s) started",
+            kernel.keys.namespace,
+            0 if args.no_workers else len(config.workers),
+        )
         follower = runcmd.EventFollower(kernel.bus, kernel.keys, view, on_event)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)

@@ -109,10 +109,11 @@ class Kernel:
         )
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         self._stack.push_async_callback(self._cancel)
+        own_workers = self.start_workers and bool(cfg.workers)
+        self.auctioneer.hold(own_workers)  # no auction before there is anyone to bid
         await self._tg.start(self.auctioneer.run)
         await self._start_librarian()
-        await self._start_guardian()
-        if self.start_workers and cfg.workers:
+        if own_workers:
             self._stack.push_async_callback(self._stop_workers)
             for spec in cfg.workers:
                 runtime = await self._runtime(spec.runtime)
@@ -123,6 +124,10 @@ class Kernel:
                     log.info("worker %s: %d task(s) of its last run taken back", spec.id, taken)
                 await runtime.start(spec)
             await self.auctioneer.refresh_workers()  # they are registered: see them at once
+        # After the workers: the heartbeats it first reads are theirs, not those an earlier
+        # run left (which would look dead and be "restarted" while starting).
+        await self._start_guardian()
+        self.auctioneer.hold(False)
 
     async def _start_librarian(self) -> None:
         """The librarian: indexes `.memory/` on a schedule and on map changes, answers searches."""

@@ -329,7 +329,9 @@ class GuardianService:
     async def _pause_and_rca(self, reason: str, rca: RcaRequest) -> str:
         model = rca.required_model
         if not await self._model_alive(model):
-            self.book, _ = self.ladder.rca_done(self.book)
+            # The target stays at level 3 (no further action until its quiet period resets
+            # it), so this is said once, not at every tick; another RCA may be asked for.
+            self.book = msgspec.structs.replace(self.book, rca_pending=False)
             self.state.clear_failures()
             return f"not paused: no live worker has model {model} to analyse it"
         task_id = f"rca-{self.clock.time_ms()}-{next(self._seq)}"

@@ -145,6 +145,7 @@ class Auctioneer:
         self._bid_seq = itertools.count()
         self._pause: PauseInfo | None = None
         self._draining = False
+        self._held = False
         self._listeners: list[Callable[[Event], None]] = []
         self._idle = anyio.Event()
         # tasks auctioned even while the swarm is paused (the guardian's root-cause analysis)
@@ -182,6 +183,13 @@ class Auctioneer:
         """
         self._pause = info
         self._exempt = frozenset(info.exempt_task_ids) if info is not None else frozenset()
+        self._wake_dispatch()
+
+    def hold(self, held: bool) -> None:
+        """Hold back (or let go) every auction: the kernel holds them while it starts its own
+        workers, so that tasks waiting in the intake are not auctioned to nobody and sent to
+        the shared list for want of a bidder."""
+        self._held = held
         self._wake_dispatch()
 
     def drain(self) -> None:
@@ -326,7 +334,7 @@ class Auctioneer:
         self._ready_changed.set()
 
     def _can_dispatch(self) -> bool:
-        if not self._ready or self._draining or not self._has_room():
+        if not self._ready or self._draining or self._held or not self._has_room():
             return False
         return self._pause is None or self._exempt_ready() is not None
 

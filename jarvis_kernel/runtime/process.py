@@ -124,6 +124,9 @@ class ProcessRuntime(HandleRuntime[_Child]):
         tg.cancel_scope.cancel()
         return await tg.__aexit__(et, exc, tb)
 
+    def _entered(self) -> bool:
+        return self._tg is not None
+
     # ------------------------------------------------------------------ WorkerRuntime
 
     def _child_env(self) -> dict[str, str]:
@@ -159,6 +162,10 @@ class ProcessRuntime(HandleRuntime[_Child]):
             )
         except OSError as exc:
             raise RuntimeUnavailable(f"cannot start worker {spec.id!r}: {exc}") from exc
+        if not self._entered():  # the runtime was closed while the process was being spawned
+            process.kill()
+            await process.aclose()
+            raise RuntimeUnavailable(f"worker {spec.id!r} not started: the runtime is closing")
         child = _Child(spec, process, restarts=0 if old is None else old.restarts)
         self._handles[spec.id] = child
         self._tg.start_soon(self._watch, child)

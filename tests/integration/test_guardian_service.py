@@ -314,6 +314,10 @@ async def test_no_pause_when_no_live_worker_can_run_the_rca(tmp_path: Path) -> N
             failer.fail_with = None
         await swarm.advance_until(lambda: len(swarm.ended) == 4)
         assert isinstance(swarm.ended[-1], TaskCompleted)
+        for _ in range(10):  # ticks later: said once, not at every tick
+            await swarm.clock.advance(GUARDIAN["tick_s"])
+            await settle()
+        assert len([i for i in swarm.incidents() if i.level == 3]) == 1
 
 
 def rca_only(announce: Announce) -> float | None:
