@@ -11,8 +11,10 @@ Tables::
                                            one row per project: its map's identity and its
                                            patterns as a JSON array (patterns.json is the
                                            concatenation of these, in project order)
-    docs(rowid, project, pattern_id, name, description, file_path, capabilities)
-    fts(name, tags, description, path, symbols, proj)   FTS5, rowid = docs.rowid
+    docs(rowid, project, pattern_id, name, description, file_path, capabilities, embed_key,
+         glosses)                          glosses: numbers of the glossary entries it mentions
+    fts(name, tags, description, path, symbols, gloss, proj)   FTS5, rowid = docs.rowid;
+                                           gloss: the text of those glossary entries
     caps(project, capability)              for global_index.json
     vecs(key, vec)                         sentence embeddings (float32 bytes) by hash of
                                            the embedded text, kept across runs so only new
@@ -31,6 +33,7 @@ from pathlib import Path
 import msgspec
 
 from .formats import Pattern
+from .taxonomy import Glossary
 from .text import fts_text
 
 __all__ = [
@@ -43,7 +46,7 @@ __all__ = [
     "project_token",
 ]
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,10 +56,10 @@ CREATE TABLE IF NOT EXISTS projects(
 CREATE TABLE IF NOT EXISTS docs(
     rowid INTEGER PRIMARY KEY, project TEXT NOT NULL, pattern_id TEXT NOT NULL,
     name TEXT NOT NULL, description TEXT NOT NULL, file_path TEXT NOT NULL,
-    capabilities TEXT NOT NULL, embed_key TEXT NOT NULL);
+    capabilities TEXT NOT NULL, embed_key TEXT NOT NULL, glosses TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS docs_project ON docs(project);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-    name, tags, description, path, symbols, proj,
+    name, tags, description, path, symbols, gloss, proj,
     tokenize = 'porter unicode61 remove_diacritics 2');
 CREATE TABLE IF NOT EXISTS caps(project TEXT NOT NULL, capability TEXT NOT NULL,
     PRIMARY KEY (capability, project)) WITHOUT ROWID;
@@ -72,9 +75,17 @@ def project_token(project: str) -> str:
     return "p" + hashlib.sha1(project.encode(), usedforsecurity=False).hexdigest()[:12]
 
 
-def embed_text(name: str, description: str, file_path: str, capabilities: Sequence[str]) -> str:
-    """The text of a pattern that is embedded (chosen by measurement: benchmarks/RESULTS.md)."""
-    return f"{name}: {description} ({', '.join(capabilities)}) {file_path}"
+def embed_text(
+    name: str,
+    description: str,
+    file_path: str,
+    capabilities: Sequence[str],
+    glosses: Sequence[str] = (),
+) -> str:
+    """The text of a pattern that is embedded (chosen by measurement: benchmarks/RESULTS.md):
+    what it is, then what the technical terms it mentions mean (the glossary's texts)."""
+    text = f"{name}: {description} ({', '.join(capabilities)}) {file_path}"
+    return f"{text}. {'; '.join(glosses)}" if glosses else text
 
 
 def embed_key(text: str) -> str:
@@ -101,10 +112,15 @@ class DocRow(msgspec.Struct, frozen=True):
 
 
 class PatternIndex:
-    """One SQLite file. Not thread-safe: one instance per thread (or behind a lock)."""
+    """One SQLite file. Not thread-safe: one instance per thread (or behind a lock).
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    `glossary` (the taxonomy's) adds to each pattern the texts of the entries it mentions:
+    searched in the ``gloss`` column, and part of the embedded text.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], glossary: Glossary | None = None) -> None:
         self.path = Path(path)
+        self.glossary = glossary or Glossary([])
         self._db = self._open()
         # project -> its patterns as JSON without the brackets; None: not loaded
         self._chunks: dict[str, bytes] | None = None
@@ -230,8 +246,12 @@ class PatternIndex:
         live = [p for p in patterns if not p.stale]
         caps = {c for p in live for c in p.capabilities}
         start = int(self._db.execute("SELECT coalesce(max(rowid), 0) FROM docs").fetchone()[0])
+        gloss = self.glossary
+        found = [
+            gloss.match([p.name, p.description, *p.tags], [*p.symbols, p.file_path]) for p in live
+        ]
         self._db.executemany(
-            "INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     start + i,
@@ -241,14 +261,23 @@ class PatternIndex:
                     p.description,
                     p.file_path,
                     " ".join(p.capabilities),
-                    embed_key(embed_text(p.name, p.description, p.file_path, p.capabilities)),
+                    embed_key(
+                        embed_text(
+                            p.name,
+                            p.description,
+                            p.file_path,
+                            p.capabilities,
+                            [gloss.texts[g] for g in ids],
+                        )
+                    ),
+                    " ".join(map(str, ids)),
                 )
-                for i, p in enumerate(live, 1)
+                for i, (p, ids) in enumerate(zip(live, found, strict=True), 1)
             ],
         )
         self._db.executemany(
-            "INSERT INTO fts(rowid, name, tags, description, path, symbols, proj) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO fts(rowid, name, tags, description, path, symbols, gloss, proj) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     start + i,
@@ -257,9 +286,10 @@ class PatternIndex:
                     fts_text([p.description]),
                     fts_text([p.file_path]),
                     fts_text(p.symbols),
+                    " ".join(gloss.tokens[g] for g in ids),
                     token,
                 )
-                for i, p in enumerate(live, 1)
+                for i, (p, ids) in enumerate(zip(live, found, strict=True), 1)
             ],
         )
         self._db.executemany("INSERT INTO caps VALUES (?, ?)", [(project, c) for c in caps])
@@ -308,25 +338,43 @@ class PatternIndex:
     def unembedded(self) -> list[tuple[str, str]]:
         """(key, text) of every live pattern whose embedding is not stored yet."""
         rows = self._db.execute(
-            "SELECT DISTINCT d.embed_key, d.name, d.description, d.file_path, d.capabilities "
-            "FROM docs d LEFT JOIN vecs v ON v.key = d.embed_key WHERE v.key IS NULL"
+            "SELECT DISTINCT d.embed_key, d.name, d.description, d.file_path, d.capabilities, "
+            "d.glosses FROM docs d LEFT JOIN vecs v ON v.key = d.embed_key WHERE v.key IS NULL"
         )
-        return [(r[0], embed_text(r[1], r[2], r[3], r[4].split())) for r in rows]
+        texts = self.glossary.texts
+        return [
+            (
+                r[0],
+                embed_text(r[1], r[2], r[3], r[4].split(), [texts[int(g)] for g in r[5].split()]),
+            )
+            for r in rows
+        ]
 
     def put_embeddings(self, items: Sequence[tuple[str, bytes]]) -> None:
         self._db.executemany("INSERT OR REPLACE INTO vecs VALUES (?, ?)", items)
 
-    def prune_embeddings(self) -> None:
-        """Forget embeddings no live pattern uses."""
-        self._db.execute("DELETE FROM vecs WHERE key NOT IN (SELECT embed_key FROM docs)")
+    def get_embeddings(self, keys: Sequence[str]) -> dict[str, bytes]:
+        marks = ",".join("?" * len(keys))
+        rows = self._db.execute(f"SELECT key, vec FROM vecs WHERE key IN ({marks})", list(keys))
+        return {str(r[0]): bytes(r[1]) for r in rows}
 
-    def embedded_docs(self) -> list[tuple[int, str, bytes]]:
-        """(rowid, project, embedding bytes) of every live pattern that has one."""
-        rows = self._db.execute(
-            "SELECT d.rowid, d.project, v.vec FROM docs d JOIN vecs v ON v.key = d.embed_key "
-            "ORDER BY d.rowid"
+    def prune_embeddings(self, keep: Sequence[str] = ()) -> None:
+        """Forget embeddings no live pattern uses (except those of `keep`)."""
+        marks = ",".join("?" * len(keep))
+        self._db.execute(
+            "DELETE FROM vecs WHERE key NOT IN (SELECT embed_key FROM docs)"
+            + (f" AND key NOT IN ({marks})" if keep else ""),
+            list(keep),
         )
-        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def embedded_docs(self) -> list[tuple[int, str, bytes, str]]:
+        """(rowid, project, embedding bytes, glossary entries) of every live pattern that has
+        an embedding."""
+        rows = self._db.execute(
+            "SELECT d.rowid, d.project, v.vec, d.glosses FROM docs d "
+            "JOIN vecs v ON v.key = d.embed_key ORDER BY d.rowid"
+        )
+        return [(int(r[0]), str(r[1]), bytes(r[2]), str(r[3])) for r in rows]
 
     def docs_by_rowid(self, rowids: Sequence[int]) -> dict[int, DocRow]:
         marks = ",".join("?" * len(rowids))
@@ -355,7 +403,7 @@ class PatternIndex:
         sql = (
             "SELECT d.project, d.name, d.description, d.file_path, d.capabilities, r.rank "
             "FROM (SELECT rowid, rank FROM "
-            "        (SELECT rowid, bm25(fts, ?, ?, ?, ?, ?, 0.0) AS rank FROM fts "
+            "        (SELECT rowid, bm25(fts, ?, ?, ?, ?, ?, ?, 0.0) AS rank FROM fts "
             "         WHERE fts MATCH ? LIMIT ?) ORDER BY rank LIMIT ?) AS r "
             "JOIN docs d ON d.rowid = r.rowid ORDER BY r.rank"
         )

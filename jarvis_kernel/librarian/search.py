@@ -5,12 +5,14 @@ A query is tokenized like the documents (`text.tokens`). Three ranking modes:
 - ``keyword``: bm25 over the query's own tokens, with weighted columns.
 - ``expanded`` (the default, chosen by measurement: benchmarks/RESULTS.md): the same,
   plus the taxonomy's synonyms of the query's words and phrases (``sign in`` -> ``login``)
-  and the capabilities they imply, matched in the tags column.
+  and the capabilities they imply, matched in the tags column. Both match the ``gloss``
+  column too: the glossary's plain-words texts of the technical terms a pattern mentions.
 - ``fused``: reciprocal rank fusion of the two lists (measured worse than ``expanded``:
   the literal list ranks noise for queries that share no word with their answer).
 - ``semantic`` (needs the ``embed`` extra; semantic.py): reciprocal rank fusion of the
-  patterns closest to the query by sentence embedding and the patterns holding every
-  query word. Without the extra it falls back to ``expanded``.
+  patterns closest to the query by sentence embedding (plus the glossary entries closest
+  to it) and the patterns holding every query word. Without the extra it falls back to
+  ``expanded``.
 
 A project id named in the query ("... in atelier-sam") scopes the search to it.
 """
@@ -33,8 +35,9 @@ Mode = Literal["keyword", "expanded", "fused", "semantic"]
 # (limit, (project, exclude)) -> the patterns nearest the query by embedding
 Dense = Callable[[int, tuple[str | None, bool]], list[DocRow]]
 
-# bm25 weights of the columns name, tags (and capabilities), description, path, symbols.
-DEFAULT_WEIGHTS: tuple[float, float, float, float, float] = (8.0, 4.0, 2.0, 3.0, 4.0)
+# bm25 weights of the columns name, tags (and capabilities), description, path, symbols and
+# gloss (what the technical terms a pattern mentions mean: taxonomy.Glossary).
+DEFAULT_WEIGHTS: tuple[float, ...] = (8.0, 4.0, 2.0, 3.0, 4.0, 1.0)
 _RRF_K = 60.0
 
 

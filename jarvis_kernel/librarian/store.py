@@ -108,7 +108,9 @@ class Librarian:
         self.clock: Clock = clock or SystemClock()
         self.patterns_path = self.memory_dir / "patterns.json"
         self.global_index_path = self.memory_dir / "global_index.json"
-        self._index = PatternIndex(self.memory_dir / self.config.index_file)
+        self._index = PatternIndex(
+            self.memory_dir / self.config.index_file, glossary=self.taxonomy.glossary
+        )
         self._extractor_key = hashlib.sha256(
             f"{EXTRACTOR_VERSION}:".encode() + msgspec.json.encode(self.taxonomy.data)
         ).hexdigest()
@@ -378,7 +380,7 @@ class Librarian:
                 _log.warning("librarian: semantic search unavailable (%s); using expanded", exc)
                 self._semantic = False
             else:
-                self._semantic = SemanticRanker(embedder)
+                self._semantic = SemanticRanker(embedder, self.taxonomy.glossary)
                 with locked(self.patterns_path), self._index.transaction():
                     self._semantic.embed_missing(self._index)
         return self._semantic if isinstance(self._semantic, SemanticRanker) else None

@@ -14,7 +14,9 @@ import pytest
 from jarvis_kernel.config import LibrarianConfig
 from jarvis_kernel.fsutil import atomic_write_parts
 from jarvis_kernel.librarian import embed
+from jarvis_kernel.librarian.index import embed_key
 from jarvis_kernel.librarian.store import Librarian
+from jarvis_kernel.librarian.taxonomy import GlossEntry, Taxonomy, TaxonomyData
 
 needs_embed = pytest.mark.skipif(
     not embed.available(), reason="needs the embed extra and the model weights"
@@ -77,6 +79,27 @@ def test_semantic_mode_embeds_incrementally_and_ranks_by_meaning(tmp_path: Path)
         assert lib.index().embedded == 0
         hits = lib.search("night mode switch", limit=1)
         assert [h.file_path for h in hits] == ["src/theme.js"]
+    finally:
+        lib.close()
+
+
+@needs_embed
+def test_semantic_mode_embeds_the_glossary_once_and_keeps_it(tmp_path: Path) -> None:
+    memory = _memory(tmp_path)
+    text = "online payment processor: cards, hosted pay pages and refunds"
+    taxonomy = Taxonomy(TaxonomyData(glossary=[GlossEntry(terms=["stripe"], text=text)]))
+    lib = Librarian(memory, config=LibrarianConfig(search_mode="semantic"), taxonomy=taxonomy)
+    try:
+        assert lib.index().embedded == 2
+        key = embed_key(text)
+        assert key in lib._index.get_embeddings([key])
+        # a changed map prunes the embeddings no pattern uses: not the glossary's
+        cmap = memory / "projects" / "shop" / "context_map.json"
+        files = [{"path": "src/theme.js", "summary": "Theme toggle following the OS setting"}]
+        cmap.write_text(json.dumps({"projectId": "shop", "files": files}))
+        assert lib.index().embedded == 1
+        assert key in lib._index.get_embeddings([key])
+        assert [h.file_path for h in lib.search("take card payments", limit=1)] == ["src/theme.js"]
     finally:
         lib.close()
 

@@ -4,7 +4,9 @@ The queries (tests/data/librarian_queries.json) were written before tuning, as a
 a second, held-out set of paraphrases (tests/data/librarian_queries_heldout.json) was written
 before the ``semantic`` mode was built, without running any method on it; a third
 (tests/data/librarian_queries_heldout2.json) after the taxonomy's everyday-phrasing lexicon was
-written and before anything was measured with it (never used for tuning).
+written and before anything was measured with it (never used for tuning); a fourth
+(tests/data/librarian_queries_heldout3.json) before the taxonomy's glossary and the semantic
+mode's glossary step were tried, measured once with them final (never used for tuning).
 
 Modes measured: ``expanded`` (the default, always) and ``semantic`` (sentence embeddings;
 skipped unless the ``embed`` extra and the model weights are installed: docs/memory.md).
@@ -19,11 +21,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from jarvis_kernel.librarian import embed
 from jarvis_kernel.librarian.search import Mode
 from jarvis_kernel.librarian.store import Librarian
+from jarvis_kernel.librarian.taxonomy import (
+    Glossary,
+    GlossEntry,
+    Taxonomy,
+    TaxonomyData,
+    load_taxonomy,
+)
 from jarvis_kernel.librarian.text import plain_words, stem, words
 from tests.support.memory import copy_sample_memory
 
@@ -32,8 +42,9 @@ SAMPLE = ROOT / ".memory"
 QUERIES = json.loads((ROOT / "tests/data/librarian_queries.json").read_text())["queries"]
 HELDOUT = json.loads((ROOT / "tests/data/librarian_queries_heldout.json").read_text())["queries"]
 HELDOUT2 = json.loads((ROOT / "tests/data/librarian_queries_heldout2.json").read_text())["queries"]
-PARAPHRASE_SETS = [QUERIES, HELDOUT, HELDOUT2]
-PARAPHRASE_IDS = ["original", "heldout", "heldout2"]
+HELDOUT3 = json.loads((ROOT / "tests/data/librarian_queries_heldout3.json").read_text())["queries"]
+PARAPHRASE_SETS = [QUERIES, HELDOUT, HELDOUT2, HELDOUT3]
+PARAPHRASE_IDS = ["original", "heldout", "heldout2", "heldout3"]
 needs_embed = pytest.mark.skipif(
     not embed.available(), reason="semantic mode needs the embed extra and the model weights"
 )
@@ -103,7 +114,7 @@ def _stems(text: str) -> set[str]:
 
 @pytest.mark.parametrize(
     ("queries", "least", "paraphrase_share"),
-    [(QUERIES, 40, 0.5), (HELDOUT, 24, 1.0), (HELDOUT2, 20, 1.0)],
+    [(QUERIES, 40, 0.5), (HELDOUT, 24, 1.0), (HELDOUT2, 20, 1.0), (HELDOUT3, 30, 1.0)],
     ids=PARAPHRASE_IDS,
 )
 def test_query_set_is_big_enough_and_paraphrases_share_no_word(
@@ -118,6 +129,54 @@ def test_query_set_is_big_enough_and_paraphrases_share_no_word(
         for project, file_path in item["answers"]:
             shared = _stems(item["q"]) & _stems(_answer_text(project, file_path))
             assert not shared, f"{item['q']!r} shares {shared} with {project}:{file_path}"
+
+
+def test_glossary_finds_terms_by_form_and_in_order_of_mention() -> None:
+    glossary = Glossary(
+        [
+            GlossEntry(terms=["redis", "ioredis"], text="in-memory data store"),
+            GlossEntry(terms=["three.js", "threejs"], text="3D graphics in the browser"),
+            GlossEntry(terms=["dead letter"], text="holding place for failed messages"),
+            GlossEntry(terms=["webhook"], text="HTTP callback from another service"),
+            GlossEntry(terms=["git"], text="version control"),
+        ]
+    )
+    # plurals, ".js" names, order of first mention (natural text first, then identifiers)
+    assert glossary.match(["Webhooks for a three.js scene", "ioredis"], ["src/redis.ts"]) == [
+        3,
+        1,
+        0,
+    ]
+    # identifiers by their parts; a word is not matched inside another (GitHub is not git)
+    assert glossary.match(["GitHub Actions"], ["src/deadLetter.ts"]) == [2]
+    assert glossary.match(["nothing here"], ["src/app.ts"]) == []
+
+
+def _frob_memory(dest: Path) -> Path:
+    folder = dest / "projects" / "shop"
+    folder.mkdir(parents=True)
+    (dest / "projects.json").write_text(json.dumps({"projects": [{"id": "shop"}]}))
+    files = [
+        {"path": "src/frob.ts", "summary": "Frobnicator client with retries"},
+        {"path": "src/theme.js", "summary": "Dark/light theme toggle stored in localStorage"},
+    ]
+    (folder / "context_map.json").write_text(json.dumps({"projectId": "shop", "files": files}))
+    return dest
+
+
+@pytest.mark.parametrize("with_glossary", [True, False])
+def test_glossary_lets_everyday_words_find_the_file_naming_a_term(
+    tmp_path: Path, with_glossary: bool
+) -> None:
+    entries = [GlossEntry(terms=["frobnicator"], text="machine that polishes widgets")]
+    taxonomy = Taxonomy(TaxonomyData(glossary=entries if with_glossary else []))
+    lib = Librarian(_frob_memory(tmp_path / "memory"), taxonomy=taxonomy)
+    try:
+        lib.index()
+        found = [h.file_path for h in lib.search("polish the widgets", mode="expanded")]
+    finally:
+        lib.close()
+    assert found == (["src/frob.ts"] if with_glossary else [])
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +202,9 @@ def test_expansion_helps_paraphrases(librarian: Librarian) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="target not met: taxonomy synonyms and the everyday-phrasing lexicon reach recall@3 "
-    "0.52 (original), 0.23 (held-out), 0.30 (held-out 2) on paraphrases that share no word "
-    "with their answer (benchmarks/RESULTS.md)",
+    reason="target not met: taxonomy synonyms, the everyday-phrasing lexicon and the glossary "
+    "reach recall@3 0.79 (original), 0.77 (held-out), 0.67 (held-out 2), 0.76 (held-out 3) on "
+    "paraphrases that share no word with their answer (benchmarks/RESULTS.md)",
 )
 @pytest.mark.parametrize("queries", PARAPHRASE_SETS, ids=PARAPHRASE_IDS)
 def test_recall_at_3_on_paraphrases_meets_the_target(
@@ -167,13 +226,23 @@ def test_semantic_mode_keeps_direct_queries_and_beats_expanded(librarian: Librar
         )
 
 
-@needs_embed
-@pytest.mark.xfail(
+_SEMANTIC_MISSED = pytest.mark.xfail(
     strict=True,
-    reason="target not met: all-MiniLM-L6-v2 embeddings reach recall@3 0.83 (original), "
-    "0.67 (held-out), 0.77 (held-out 2) on paraphrases (benchmarks/RESULTS.md)",
+    reason="target not met on this set: all-MiniLM-L6-v2 embeddings with the glossary reach "
+    "recall@3 0.97 (original), 0.87 (held-out), 0.97 (held-out 2), 0.85 (held-out 3) on "
+    "paraphrases (benchmarks/RESULTS.md)",
 )
-@pytest.mark.parametrize("queries", PARAPHRASE_SETS, ids=PARAPHRASE_IDS)
+_MISSED_ON = {"heldout", "heldout3"}
+
+
+@needs_embed
+@pytest.mark.parametrize(
+    "queries",
+    [
+        pytest.param(queries, id=name, marks=[_SEMANTIC_MISSED] if name in _MISSED_ON else [])
+        for queries, name in zip(PARAPHRASE_SETS, PARAPHRASE_IDS, strict=True)
+    ],
+)
 def test_semantic_recall_at_3_on_paraphrases_meets_the_target(
     librarian: Librarian, queries: list[dict[str, Any]]
 ) -> None:
@@ -181,20 +250,31 @@ def test_semantic_recall_at_3_on_paraphrases_meets_the_target(
     assert scores["paraphrase"]["recall@3"] >= 0.9, scores
 
 
+def _without_glossary() -> Taxonomy:
+    data = load_taxonomy().data
+    return Taxonomy(msgspec.structs.replace(data, glossary=[]))
+
+
 def main() -> None:
+    """Print recall@3 / MRR of every mode on every set (``-v``: the misses; ``--ablation``:
+    also without the taxonomy's glossary, i.e. the methods as they were before it)."""
     import tempfile
 
+    variants: list[tuple[str, Taxonomy | None]] = [("", None)]
+    if "--ablation" in sys.argv:
+        variants.append((" (no glossary)", _without_glossary()))
     with tempfile.TemporaryDirectory() as tmp:
-        lib = Librarian(_copy_sample(Path(tmp)))
-        lib.index()
-        modes: list[Mode] = ["keyword", "expanded", "fused"]
-        modes += ["semantic"] if embed.available() else []
-        for mode in modes:
-            for name, queries in zip(PARAPHRASE_IDS, PARAPHRASE_SETS, strict=True):
-                print(mode, name, json.dumps(evaluate(lib, mode, queries)))
-                if "-v" in sys.argv:
-                    print("\n".join("   " + m for m in misses(lib, mode, queries)))
-        lib.close()
+        for n, (label, taxonomy) in enumerate(variants):
+            lib = Librarian(_copy_sample(Path(tmp) / str(n)), taxonomy=taxonomy)
+            lib.index()
+            modes: list[Mode] = ["keyword", "expanded", "fused"]
+            modes += ["semantic"] if embed.available() else []
+            for mode in modes:
+                for name, queries in zip(PARAPHRASE_IDS, PARAPHRASE_SETS, strict=True):
+                    print(f"{mode}{label}", name, json.dumps(evaluate(lib, mode, queries)))
+                    if "-v" in sys.argv:
+                        print("\n".join("   " + m for m in misses(lib, mode, queries)))
+            lib.close()
 
 
 if __name__ == "__main__":
