@@ -213,6 +213,7 @@ class Kernel:
                 redis_url=cfg.bus.redis_url,
                 namespace=cfg.bus.namespace,
                 memory_dir=Path(cfg.memory_dir),
+                heartbeat_s=cfg.liveness.heartbeat_s,
             )
         if kind == "docker":
             assert cfg.bus.redis_url is not None

@@ -1,31 +1,25 @@
 """The guardian service end to end through `Kernel`.
 
 MemoryBus + FakeClock for the ladder's cases (stall, dead worker, error spiral, token
-spike); a real Redis with real process workers for a SIGKILLed worker. Time only moves when
-the test advances the FakeClock; every wait has a `fail_after` net.
+spike, RCA and pause). Time only moves when the test advances the FakeClock; every wait has
+a `fail_after` net. The same healing with real processes and containers on a real Redis is
+in test_guardian_healing.py.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-import pytest
 
 from jarvis_kernel.bus.memory import MemoryBus
-from jarvis_kernel.bus.redis import RedisBus
 from jarvis_kernel.clock import FakeClock
 from jarvis_kernel.config import (
-    BusConfig,
     Config,
     GuardianConfig,
     LibrarianConfig,
@@ -42,17 +36,15 @@ from jarvis_kernel.protocol import (
     FileReverted,
     GenericEvent,
     GuardianIntervention,
-    Keys,
     SwarmPaused,
     SwarmResumed,
     Task,
     TaskAssigned,
     TaskCompleted,
     TaskRequeued,
-    TaskStarted,
     decode_event,
 )
-from jarvis_kernel.runtime.process import ProcessRuntime
+from tests.support.events import kind_of
 from tests.support.workers import ScriptedWorker
 
 GUARDIAN = {
@@ -444,150 +436,3 @@ async def _workspace_still_broken_after_revert_pauses_for_rca(swarm: Swarm) -> N
     (incident,) = swarm.incidents()
     assert (incident.kind, incident.level, incident.action) == ("build_broken", 3, "pause_and_rca")
     assert incident.evidence["buildOutputTail"] == "SyntaxError: a.py"
-
-
-# ---------------------------------------------------------------------- real Redis
-
-
-def real_config(redis_url: str, memory: Path, **guardian: Any) -> Config:
-    """Two process workers: p-slow wins "go" tasks and takes 120 s with no progress on the
-    way; p-fast takes 50 ms and (seeded) succeeds."""
-    return Config(
-        bus=BusConfig(redis_url=redis_url, namespace="gsk"),
-        market=MarketConfig(window_s=0.5),
-        liveness=LivenessConfig(heartbeat_s=0.2, dead_after_s=1.0),
-        guardian=GuardianConfig(enabled=True, tick_s=0.2, **guardian),
-        librarian=LibrarianConfig(enabled=False),
-        memory_dir=str(memory),
-        workers=[
-            WorkerConfig(
-                id="p-slow",
-                runtime="process",
-                duration_s=120.0,
-                expertise={"go": 0.9},
-                options={"steps": 1},
-            ),
-            WorkerConfig(
-                id="p-fast",
-                runtime="process",
-                duration_s=0.05,
-                expertise={"go": 0.1},
-                options={"steps": 1, "seed": 4},
-            ),
-        ],
-    )
-
-
-class Events:
-    """Every event of a namespace, as they arrive (one XREADGROUP reader, no polling)."""
-
-    def __init__(self, bus: RedisBus, keys: Keys) -> None:
-        self.bus, self.keys = bus, keys
-        self.seen: list[Event | GenericEvent] = []
-        self._arrived = anyio.Event()
-
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        await self.bus.xgroup_create(self.keys.events, "test", start_id="0")
-        task_status.started()
-        while True:
-            for entry in await self.bus.xreadgroup(self.keys.events, "test", "t", block_s=1.0):
-                self.seen.append(decode_event(entry.fields["event"]))
-                self._arrived.set()
-                self._arrived = anyio.Event()
-
-    async def first(self, match: Callable[[Event | GenericEvent], bool]) -> Event | GenericEvent:
-        while not any(match(e) for e in self.seen):
-            await self._arrived.wait()
-        return next(e for e in self.seen if match(e))
-
-
-@asynccontextmanager
-async def real_kernel(cfg: Config, memory: Path) -> AsyncIterator[tuple[Kernel, Events]]:
-    runtime = ProcessRuntime(
-        redis_url=cfg.bus.redis_url or "",
-        namespace=cfg.bus.namespace,
-        memory_dir=memory,
-        heartbeat_s=cfg.liveness.heartbeat_s,
-        default_grace_s=2.0,
-    )
-    bus = RedisBus.from_url(cfg.bus.redis_url or "", reconnect_timeout_s=5.0)
-    events = Events(bus, Keys(cfg.bus.namespace))
-    try:
-        with anyio.fail_after(60):
-            async with anyio.create_task_group() as tg:
-                await tg.start(events.run)
-                async with Kernel(cfg, runtimes={"process": runtime}) as kernel:
-                    yield kernel, events
-                tg.cancel_scope.cancel()
-    finally:
-        await bus.aclose()
-
-
-def slow_runtime(kernel: Kernel) -> ProcessRuntime:
-    runtime = kernel.runtimes["process"]
-    assert isinstance(runtime, ProcessRuntime)
-    return runtime
-
-
-@pytest.mark.redis
-async def test_sigkilled_process_worker_is_detected_and_its_task_runs_elsewhere(
-    redis_url: str, tmp_path: Path
-) -> None:
-    memory = tmp_path / ".memory"
-    async with real_kernel(real_config(redis_url, memory, stall_after_s=60.0), memory) as (
-        kernel,
-        events,
-    ):
-        await kernel.submit(Task(task_id="t-long", required_skills=["go"]))
-        started = await events.first(lambda e: isinstance(e, TaskStarted))
-        assert started.worker_id == "p-slow"
-        pid = slow_runtime(kernel).status("p-slow").ident
-        assert pid is not None
-        killed_ms = time.time() * 1000
-        os.kill(int(pid), signal.SIGKILL)
-        requeued = await events.first(lambda e: isinstance(e, TaskRequeued))
-        again = await events.first(lambda e: isinstance(e, TaskStarted) and e.attempt == 2)
-        done = await events.first(lambda e: isinstance(e, TaskCompleted))
-        intervention = await events.first(lambda e: isinstance(e, GuardianIntervention))
-        restarts = slow_runtime(kernel).status("p-slow").restarts
-    assert isinstance(intervention, GuardianIntervention)
-    assert (intervention.action, intervention.worker_id) == ("restart", "p-slow")
-    # the heartbeat is older than dead_after_s at the next tick or sweep (plus a beat's lateness)
-    assert requeued.at_ms - killed_ms < (1.0 + 0.2 + 0.2 + 0.5) * 1000
-    assert isinstance(again, TaskStarted) and again.worker_id == "p-fast"
-    assert isinstance(done, TaskCompleted) and (done.worker_id, done.attempt) == ("p-fast", 2)
-    assert again.at_ms - killed_ms < 5000
-    (incident,) = read_incidents(memory / "incidents.jsonl")[0]
-    assert (incident.kind, incident.action, incident.target) == ("worker_dead", "restart", "p-slow")
-    assert "restarted" in incident.outcome
-    assert restarts == 1
-
-
-@pytest.mark.redis
-async def test_stalled_process_worker_dumps_on_sigusr1_then_is_restarted(
-    redis_url: str, tmp_path: Path
-) -> None:
-    memory = tmp_path / ".memory"
-    cfg = real_config(redis_url, memory, stall_after_s=1.0, dump_grace_s=1.0)
-    async with real_kernel(cfg, memory) as (kernel, events):
-        await kernel.submit(Task(task_id="t-hung", required_skills=["go"]))
-        started = await events.first(lambda e: isinstance(e, TaskStarted))
-        assert started.worker_id == "p-slow"
-        dump = await events.first(lambda e: kind_of(e) == "worker.state")
-        done = await events.first(lambda e: isinstance(e, TaskCompleted))
-        await events.first(lambda e: isinstance(e, GuardianIntervention) and e.level == 2)
-        restarts = slow_runtime(kernel).status("p-slow").restarts
-    assert dump.worker_id == "p-slow"  # SIGUSR1 through the runtime
-    assert isinstance(done, TaskCompleted) and (done.worker_id, done.attempt) == ("p-fast", 2)
-    actions = [
-        (e.level, e.action, e.worker_id) for e in events.seen if isinstance(e, GuardianIntervention)
-    ]
-    assert actions == [(1, "dump", "p-slow"), (2, "restart", "p-slow")]
-    assert restarts == 1
-    incidents = read_incidents(memory / "incidents.jsonl")[0]
-    assert [(i.kind, i.action) for i in incidents] == [("stall", "dump"), ("stall", "restart")]
-    assert incidents[0].evidence["via"] == "signal"
-
-
-def kind_of(event: Event | GenericEvent) -> object:
-    return event.type if isinstance(event, GenericEvent) else type(event).__struct_config__.tag

@@ -44,3 +44,11 @@ def too_big(task: Assignment) -> str:
 
 def fails_on_purpose(task: Assignment) -> Failed:
     return Failed(error_key="lint.E501", error="line too long")
+
+
+async def spend(task: Assignment, ctx: ExecutionContext) -> dict[str, int]:
+    """Report ``payload["tokens"]`` tokens, then hold ``payload["hold_s"]`` seconds."""
+    tokens = int(task.payload.get("tokens", 100))
+    await ctx.progress(tokens, "spent")
+    await ctx.clock.sleep(float(task.payload.get("hold_s", 0.0)))
+    return {"tokens": tokens}
