@@ -436,3 +436,49 @@ async def _workspace_still_broken_after_revert_pauses_for_rca(swarm: Swarm) -> N
     (incident,) = swarm.incidents()
     assert (incident.kind, incident.level, incident.action) == ("build_broken", 3, "pause_and_rca")
     assert incident.evidence["buildOutputTail"] == "SyntaxError: a.py"
+
+
+async def test_a_restarted_kernel_picks_up_the_rca_of_the_pause_it_finds(tmp_path: Path) -> None:
+    """The pause is the record of the RCA in flight: a new guardian waits for that task."""
+    clock = FakeClock()
+    bus = MemoryBus(clock=clock)
+    memory = tmp_path / ".memory"
+    ended: list[Event] = []
+    try:
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as workers:
+                first = Kernel(config(memory), bus=bus, clock=clock)
+                async with first:
+                    swarm = Swarm(first, clock, workers, memory, ended)
+                    failers = [
+                        swarm.worker(f"w-f{i}", score=ordinary, fail_with="E.same") for i in (1, 2)
+                    ]
+                    pro = swarm.worker("w-pro", model="gemini:pro", score=rca_only)
+                    pro.hold = anyio.Event()
+                    await swarm.start(*failers, pro)
+                    for i in range(3):
+                        await first.submit(Task(task_id=f"t-{i}", max_attempts=9))
+                    await swarm.advance_until(lambda: pro.ran)
+                    assert first.guardian is not None
+                    rca_id = first.guardian.rca_task_id
+                # the first kernel is gone; the swarm stays paused, the RCA in pro's hands
+                second = Kernel(config(memory), bus=bus, clock=clock)
+                async with second:
+                    second.market.add_listener(ended.append)
+                    assert second.guardian is not None
+                    assert second.guardian.rca_task_id == rca_id is not None
+                    assert second.market.paused
+                    for failer in failers:
+                        failer.fail_with = None
+                    pro.hold.set()
+                    swarm = Swarm(second, clock, workers, memory, ended)
+                    await swarm.advance_until(lambda: not second.market.paused)
+                    await swarm.advance_until(lambda: len(ended) >= 4)
+                    events = await swarm.events()
+                workers.cancel_scope.cancel()
+    finally:
+        await bus.aclose()
+    assert ended[0].task_id == rca_id
+    assert all(isinstance(e, TaskCompleted) for e in ended)
+    resumed = [e for e in events if isinstance(e, SwarmResumed)]
+    assert len(resumed) == 1 and rca_id in resumed[0].reason
