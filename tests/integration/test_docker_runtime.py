@@ -54,6 +54,7 @@ from jarvis_kernel.runtime.docker import (
 )
 from jarvis_kernel.runtime.image import host_python_binds, worker_container_config
 from jarvis_kernel.testing import project_root
+from tests.support.events import kind_of
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 
@@ -110,10 +111,6 @@ def runtime(
         default_grace_s=10.0,
         start_timeout_s=30.0,
     )
-
-
-def kind_of(event: Event | GenericEvent) -> object:
-    return event.type if isinstance(event, GenericEvent) else type(event).__struct_config__.tag
 
 
 async def next_event(bus: RedisBus, keys: Keys, kind: str) -> Event | GenericEvent:

@@ -25,6 +25,7 @@ from jarvis_kernel.protocol import (
     encode,
 )
 from jarvis_kernel.runtime.process import ProcessRuntime, worker_argv
+from tests.support.events import kind_of
 
 pytestmark = pytest.mark.redis
 
@@ -39,10 +40,6 @@ async def bus(redis_url: str) -> AsyncIterator[RedisBus]:
         yield redis_bus
     finally:
         await redis_bus.aclose()
-
-
-def kind_of(event: Event | GenericEvent) -> object:
-    return event.type if isinstance(event, GenericEvent) else type(event).__struct_config__.tag
 
 
 async def next_event(bus: RedisBus, kind: str) -> Event | GenericEvent:
