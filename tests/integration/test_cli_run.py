@@ -58,6 +58,32 @@ def test_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
     assert summary["awardMs"]["p50"] > 0
 
 
+def test_log_format_json_prints_one_event_per_line(tmp_path: Path) -> None:
+    (tmp_path / ".memory").mkdir()
+    env = {"JARVIS_REDIS_URL": "", "JARVIS_MEMORY_DIR": str(tmp_path / ".memory")}
+    result = jarvis(
+        "run",
+        "--demo",
+        "--duration-s",
+        "2",
+        "--demo-tasks",
+        "6",
+        "--log-format",
+        "json",
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    events = [json.loads(line) for line in lines]  # each line one JSON object
+    kinds = {e["type"] for e in events}
+    assert kinds <= {"task.assigned", "task.completed", "task.failed", "task.dead"}
+    ended = {e["taskId"] for e in events if e["type"] in ("task.completed", "task.dead")}
+    assert ended == {f"demo-{i:03d}" for i in range(6)}
+    assigned = [e for e in events if e["type"] == "task.assigned"]
+    assert all(0 < e["score"] <= 1 and e["workerId"] for e in assigned)
+
+
 def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     config = tmp_path / "swarm.toml"
     config.write_text("[market]\nwindow_s = -2\n")
