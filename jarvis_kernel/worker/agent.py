@@ -38,6 +38,7 @@ from ..errors import ProtocolError
 from ..market.scoring import bid_score
 from ..protocol import (
     Announce,
+    Assignment,
     Bid,
     Control,
     Event,
@@ -61,6 +62,7 @@ __all__ = ["WorkerAgent"]
 log = logging.getLogger(__name__)
 
 _ANSWERED_LIMIT = 4096
+_SHARED_TRIES = 8
 
 
 class WorkerAgent:
@@ -434,8 +436,34 @@ class WorkerAgent:
             return await self._bus.blmove(keys.tasks, keys.processing(wid), self._poll_s)
         raw = await self._bus.blmove(keys.tasks_for(wid), keys.processing(wid), self._poll_s)
         if raw is None and not (self.paused or self.swarm_paused):  # the shared list: none exempt
-            raw = await self._bus.lmove(keys.tasks, keys.processing(wid))
+            raw = await self._take_shared()
         return raw
+
+    async def _take_shared(self) -> bytes | None:
+        """A task from the shared FCFS list that this worker's model may run.
+
+        One that requires another model is put back at the far end, where a worker with that
+        model will find it (the kernel's fallback does not look at models); up to
+        `_SHARED_TRIES` tries per call, so a list full of such tasks costs little.
+        """
+        shared, processing = self._keys.tasks, self._keys.processing(self.worker_id)
+        for _ in range(_SHARED_TRIES):
+            # shielded: a stop between the move and the putting back would leave the task
+            # in processing, where the drain would adopt and run it
+            with anyio.CancelScope(shield=True):
+                raw = await self._bus.lmove(shared, processing)
+                if raw is None or self._model_may_run(raw):
+                    return raw
+                await self._bus.execute(Tx().lrem(processing, 1, raw).lpush(shared, raw))
+        return None
+
+    def _model_may_run(self, raw: bytes) -> bool:
+        """False for a task requiring another model; an invalid one goes on to be rejected."""
+        try:
+            required = decode(raw, Assignment).required_model
+        except ProtocolError:
+            return True
+        return required is None or required == self.spec.model
 
     async def _adopt_orphans(self, jobs: anyio.abc.TaskGroup) -> None:
         held = collections.Counter(job.raw for job in self.jobs.values())

@@ -305,6 +305,20 @@ async def test_takes_from_the_shared_list_when_idle(world: World) -> None:
     assert world.executor.runs == ["fcfs"]
 
 
+async def test_leaves_shared_tasks_that_require_another_model(world: World) -> None:
+    agent = world.agent()  # gemini:flash
+    pro_only = encode(Assignment(task_id="t-pro", required_model="gemini:pro"))
+    await world.bus.lpush(KEYS.tasks, pro_only)  # the oldest: taken first, and put back
+    await world.bus.lpush(KEYS.tasks, encode(Assignment(task_id="t-flash")))
+    async with running(agent):
+        await world.wait_event("task.started")
+        world.executor.release("t-flash")
+        await world.wait_event("task.completed")
+    assert await world.bus.lrange(KEYS.tasks, 0, -1) == [pro_only]
+    assert await world.bus.llen(KEYS.processing("w1")) == 0
+    assert world.executor.runs == ["t-flash"]
+
+
 async def test_invalid_queued_task_is_dead_lettered_and_removed(world: World) -> None:
     agent = world.agent()
     async with running(agent):
