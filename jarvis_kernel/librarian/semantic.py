@@ -1,16 +1,22 @@
-"""The ``semantic`` ranking mode: sentence embeddings of patterns and queries (embed.py).
+"""Dense ranking for the ``static`` and ``semantic`` modes, over static pattern vectors.
 
-Patterns are embedded when they are indexed, incrementally: an embedding is stored in the
-index under a hash of the embedded text, so only new or changed patterns cost anything.
-A pattern's embedded text includes the glossary's plain-words texts of the technical terms
-it mentions (index.embed_text). A query is embedded once (a small LRU cache serves repeats)
-and compared with every live pattern (one matrix-vector product) and with every glossary
-entry: the entries closest to the query (a softmax over their cosines) add to the score of
-the patterns that mention them - the step from "background job queue" to a file saying
-"BullMQ" that the small model does not make alone. The list is fused by reciprocal rank fusion with
-the keyword list of patterns holding *every* query word, the one keyword signal that
-measured as precise (partial and synonym matches are noise for paraphrases; the weights
-below were measured: benchmarks/RESULTS.md).
+Every live pattern has a static vector (static.py: the weighted sum of its words' distilled
+vectors and those of the glossary entries it mentions, normalised), computed when it is
+indexed, in microseconds, and kept in memory: a slot per pattern, updated project by
+project as the index changes (`PatternIndex.take_touched`). Words outside the model's
+vocabulary are run through the model once and stored in the index (`words` table).
+
+A query becomes a vector in the same space:
+
+- ``static``: its own static vector (microseconds);
+- ``semantic``: its all-MiniLM-L6-v2 embedding (~5 ms; a small LRU cache serves repeats).
+  The table's words are the model's own one-word sentence embeddings, so the two compare.
+
+Ranking: the glossary step first (the glossary entries closest to the query, by a softmax
+over their cosines, add to the score of the patterns that mention them: "background job
+queue" -> entry "bullmq" -> the file that says BullMQ), then candidates by a cheap product
+in the table's first `LOW_DIMS` principal axes, then the exact cosine (plus the step) on
+those candidates only. The weights were measured: benchmarks/RESULTS.md.
 
 Blocking and CPU-bound, like the rest of the store: call from a worker thread.
 """
@@ -18,153 +24,275 @@ Blocking and CPU-bound, like the rest of the store: call from a worker thread.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from .embed import DIMS, Embedder
-from .index import DocRow, PatternIndex, embed_key
+from .embed import DIMS
+from .index import DocRow, PatternIndex
+from .static import LOW_DIMS, WordTable, pattern_text
 from .taxonomy import Glossary
 
 if TYPE_CHECKING:
-    import numpy as np
     from numpy.typing import NDArray
 
-__all__ = ["SemanticRanker"]
+    Matrix = NDArray[Any]
+else:
+    Matrix = Any
+
+__all__ = ["QueryModel", "SemanticRanker"]
+
+QueryModel = Literal["static", "model"]
 
 _QUERY_CACHE = 256
-_BATCH = 256
-# the glossary step: score += _GLOSS_WEIGHT x softmax(cosines to the entries / _GLOSS_TEMP)
-# summed over the entries a pattern mentions
-_GLOSS_WEIGHT = 0.2
-_GLOSS_TEMP = 0.05
-_GLOSS_FLOOR = 1e-4
+# candidates ranked exactly after the low-dimensional pass
+_CANDIDATES = 2000
+# the glossary step: score += weight x softmax(cosines to the entries / temperature), summed
+# over the entries a pattern mentions (static query: 0.3, 0.05; model query: 0.2, 0.05)
+_GLOSS_STEP = {"static": (0.3, 0.05), "model": (0.2, 0.05)}
+_GLOSS_FLOOR = 1e-3
+_GLOSS_MAX = 8  # entries at most (the share of the others is negligible)
 
 
-class _Loaded(msgspec.Struct):
-    rowids: Any
-    projects: list[str]
-    matrix: Any
-    glosses: Any  # (entries, DIMS): the glossary entries' embeddings
-    members: list[Any]  # entry -> positions (in `matrix`) of the patterns mentioning it
+class _Project(msgspec.Struct):
+    slots: Any  # positions in the slot arrays
+    pairs: Any  # (slot, glossary entry) of each mention, shape (n, 2)
 
 
-class SemanticRanker:
-    """Embeds what the index lacks and ranks its live patterns by cosine to a query."""
+class _Slots:
+    """Pattern vectors in growable arrays; a freed slot is reused by the next pattern."""
 
-    def __init__(self, embedder: Embedder, glossary: Glossary | None = None) -> None:
+    def __init__(self, low_dims: int = LOW_DIMS) -> None:
         import numpy as np
 
         self._np = np
-        self._embedder = embedder
-        self._glossary = glossary or Glossary([])
-        self._gloss_keys = [embed_key(text) for text in self._glossary.texts]
-        self._queries: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
-        self._matrix: _Loaded | None = None
+        self.full: Matrix = np.zeros((0, DIMS), dtype=np.float32)
+        self.low: Matrix = np.zeros((0, low_dims), dtype=np.float32)
+        self.rowid: Matrix = np.zeros(0, dtype=np.int64)
+        self.code: Matrix = np.zeros(0, dtype=np.int32)  # project code, -1: free
+        self.free: list[int] = []
+        self.projects: dict[str, _Project] = {}
+        self.codes: dict[str, int] = {}
+        self.members: list[Matrix] = []
 
-    def embed_missing(self, index: PatternIndex) -> int:
-        """Embed the live patterns (and glossary entries) that have no embedding yet; how
-        many patterns were embedded."""
-        todo = index.unembedded()
-        have = index.get_embeddings(self._gloss_keys) if self._gloss_keys else {}
-        entries = [
-            (key, text)
-            for key, text in zip(self._gloss_keys, self._glossary.texts, strict=True)
-            if key not in have
-        ]
-        for items in (todo, entries):
-            for start in range(0, len(items), _BATCH):
-                part = items[start : start + _BATCH]
-                vecs = self._embedder.encode([text for _, text in part])
-                index.put_embeddings(
-                    [(key, vec.tobytes()) for (key, _), vec in zip(part, vecs, strict=True)]
-                )
-        if todo or entries:
-            index.prune_embeddings(keep=self._gloss_keys)
-        self._matrix = None
-        return len(todo)
+    def alloc(self, n: int) -> Matrix:
+        np = self._np
+        take = self.free[-n:] if n else []
+        del self.free[len(self.free) - len(take) :]
+        extra = n - len(take)
+        if extra:
+            size = len(self.code)
+            grow = max(extra, size // 2, 64)
+            self.full = np.concatenate([self.full, np.zeros((grow, DIMS), self.full.dtype)])
+            self.low = np.concatenate([self.low, np.zeros((grow, self.low.shape[1]), np.float32)])
+            self.rowid = np.concatenate([self.rowid, np.zeros(grow, np.int64)])
+            self.code = np.concatenate([self.code, np.full(grow, -1, np.int32)])
+            self.free.extend(range(size + grow - 1, size + extra - 1, -1))
+            take = [*take, *range(size, size + extra)]
+        return np.asarray(take, dtype=np.int64)  # type: ignore[no-any-return]
+
+    def drop(self, project: str) -> None:
+        old = self.projects.pop(project, None)
+        if old is not None and len(old.slots):
+            self.code[old.slots] = -1
+            self.low[old.slots] = 0.0
+            self.full[old.slots] = 0.0
+            self.free.extend(int(s) for s in old.slots)
+
+    def code_of(self, project: str) -> int:
+        return self.codes.setdefault(project, len(self.codes))
+
+    def index_members(self, entries: int) -> None:
+        """entry -> slots of the patterns mentioning it (after any change)."""
+        np = self._np
+        parts = [p.pairs for p in self.projects.values() if len(p.pairs)]
+        pairs = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
+        pairs = pairs[np.argsort(pairs[:, 1], kind="stable")]
+        bounds = np.searchsorted(pairs[:, 1], np.arange(entries + 1))
+        self.members = [pairs[bounds[e] : bounds[e + 1], 0] for e in range(entries)]
+
+
+def _top(scores: Matrix, k: int) -> Matrix:
+    """Positions of (about) the `k` highest finite scores, unordered: a threshold from a
+    sample, then one comparison over all (cheaper than a partition of everything)."""
+    import numpy as np
+
+    n = len(scores)
+    if n > 8 * k:
+        step = max(1, n // (8 * k))
+        sample = scores[::step]
+        want = min(len(sample), max(1, (2 * k * len(sample)) // n))
+        threshold = np.partition(sample, len(sample) - want)[len(sample) - want]
+        found = np.flatnonzero(scores >= threshold)
+        if len(found) >= k:
+            if len(found) > 4 * k:
+                found = found[np.argpartition(-scores[found], k)[:k]]
+            return found[np.isfinite(scores[found])]
+    found = np.argpartition(-scores, k)[:k] if n > k else np.arange(n)
+    return found[np.isfinite(scores[found])]
+
+
+class SemanticRanker:
+    """Static vectors of the index's live patterns, ranked against a query's vector."""
+
+    def __init__(self, table: WordTable, glossary: Glossary | None = None) -> None:
+        import numpy as np
+
+        self._np = np
+        self.table = table
+        self._glossary = glossary or Glossary([])
+        self.table.encode_missing(self._glossary.texts)
+        self._gloss_sums: Matrix = table.sums(self._glossary.texts)
+        self._gloss_vecs: dict[QueryModel, Matrix] = {}
+        self._slots = _Slots(table.projection.shape[1])
+        self._loaded = False
+        self._queries: OrderedDict[tuple[QueryModel, str], Matrix] = OrderedDict()
+
+    # -- keeping up with the index
+    def sync(self, index: PatternIndex) -> int:
+        """Bring the pattern vectors up to date with `index`; how many were computed."""
+        touched = index.take_touched()
+        if not self._loaded or touched is None:
+            self.table.add(index.get_words())
+            self._slots = _Slots(self.table.projection.shape[1])
+            touched = set(index.states())
+            self._loaded = True
+        texts = {project: index.doc_texts(project) for project in sorted(touched)}
+        # words new to the table: through the model in one batch, and stored
+        fresh = self.table.encode_missing(
+            pattern_text(r[1], r[2], r[3], r[4].split()) for rows in texts.values() for r in rows
+        )
+        if fresh:
+            index.put_words([(w, v.tobytes()) for w, v in fresh])
+        for project, rows in texts.items():
+            self._refresh(project, rows)
+        if touched:
+            self._slots.index_members(len(self._glossary.texts))
+        return sum(len(rows) for rows in texts.values())
+
+    def _refresh(self, project: str, rows: list[tuple[int, str, str, str, str, str]]) -> None:
+        np = self._np
+        slots = self._slots
+        slots.drop(project)
+        if not rows:
+            return
+        texts = [pattern_text(r[1], r[2], r[3], r[4].split()) for r in rows]
+        vecs = self.table.sums(texts)
+        pairs = [(n, int(e)) for n, r in enumerate(rows) for e in r[5].split()]
+        pairs = [(n, e) for n, e in pairs if e < len(self._gloss_sums)]
+        if pairs:
+            at = np.asarray(pairs, dtype=np.int64)
+            entries, local = np.unique(at[:, 1], return_inverse=True)
+            mentions = np.zeros((len(rows), len(entries)), dtype=np.float32)
+            mentions[at[:, 0], local] = 1.0
+            vecs += mentions @ self._gloss_sums[entries]
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        vecs /= np.maximum(norms, 1e-12)
+        where = slots.alloc(len(rows))
+        slots.full[where] = vecs
+        slots.low[where] = vecs @ self.table.projection
+        slots.rowid[where] = [r[0] for r in rows]
+        slots.code[where] = slots.code_of(project)
+        pair_slots = (
+            np.stack([where[at[:, 0]], at[:, 1]], axis=1) if pairs else np.zeros((0, 2), np.int64)
+        )
+        slots.projects[project] = _Project(slots=where, pairs=pair_slots)
 
     def forget(self) -> None:
-        """The index changed: reload the embeddings on the next query."""
-        self._matrix = None
+        """The index was rebuilt from scratch: reload every vector on the next sync."""
+        self._loaded = False
 
-    def _load(self, index: PatternIndex) -> _Loaded:
-        if self._matrix is None:
-            np = self._np
-            rows = index.embedded_docs()
-            members: list[list[int]] = [[] for _ in self._gloss_keys]
-            for pos, row in enumerate(rows):
-                for entry in row[3].split():
-                    if int(entry) < len(members):
-                        members[int(entry)].append(pos)
-            have = index.get_embeddings(self._gloss_keys) if self._gloss_keys else {}
-            zero = bytes(4 * DIMS)
-            glosses = np.frombuffer(
-                b"".join(have.get(key, zero) for key in self._gloss_keys), dtype=np.float32
-            )
-            matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
-            self._matrix = _Loaded(
-                rowids=np.array([r[0] for r in rows], dtype=np.int64),
-                projects=[r[1] for r in rows],
-                matrix=matrix.reshape(len(rows), DIMS),
-                glosses=glosses.reshape(len(self._gloss_keys), DIMS),
-                members=[np.array(m, dtype=np.int64) for m in members],
-            )
-        return self._matrix
-
-    def query_vector(self, text: str) -> NDArray[np.float32]:
-        vec = self._queries.get(text)
+    # -- queries
+    def query_vector(self, text: str, model: QueryModel = "static") -> Matrix:
+        """`text` as a unit vector: static (its words'), or the model's embedding."""
+        key = (model, text)
+        vec = self._queries.get(key)
         if vec is None:
-            vec = self._embedder.encode([text])[0]
-            self._queries[text] = vec
+            embedder = self.table.embedder
+            if model == "model" and embedder is not None:
+                vec = embedder.encode([text])[0]
+            else:
+                self.table.encode_missing([text])
+                vec = self.table.vector(text)
+            self._queries[key] = vec
             if len(self._queries) > _QUERY_CACHE:
                 self._queries.popitem(last=False)
         else:
-            self._queries.move_to_end(text)
+            self._queries.move_to_end(key)
         return vec
 
-    def _gloss_boost(self, loaded: _Loaded, weights: NDArray[np.float32]) -> NDArray[np.float32]:
-        """_GLOSS_WEIGHT x the sum of `weights` over the entries each pattern mentions (the
-        entries under _GLOSS_FLOOR left out), in one pass over the memberships."""
+    def _glosses(self, model: QueryModel) -> Matrix:
+        """The glossary entries' vectors, in the query's space."""
         np = self._np
-        chosen = np.flatnonzero(weights > _GLOSS_FLOOR)
-        rows = [loaded.members[entry] for entry in chosen]
-        sizes = [len(r) for r in rows]
-        boost = np.bincount(
-            np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
-            weights=np.repeat(weights[chosen], sizes),
-            minlength=len(loaded.rowids),
-        )
-        return (_GLOSS_WEIGHT * boost).astype(np.float32)  # type: ignore[no-any-return]
+        vecs = self._gloss_vecs.get(model)
+        if vecs is None:
+            embedder = self.table.embedder
+            if model == "model" and embedder is not None and self._glossary.texts:
+                vecs = embedder.encode(self._glossary.texts)
+            else:
+                sums = self._gloss_sums
+                vecs = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+            self._gloss_vecs[model] = vecs
+        return vecs
+
+    def _boost(self, query: Matrix, model: QueryModel) -> Matrix | None:
+        """Per slot: the glossary step's addition (None when no entry is close)."""
+        np = self._np
+        slots = self._slots
+        glosses = self._glosses(model)
+        if not len(glosses) or not slots.members:
+            return None
+        weight, temperature = _GLOSS_STEP[model]
+        near = glosses @ query
+        share = np.exp((near - near.max()) / temperature)
+        share /= share.sum()
+        chosen = np.flatnonzero(share > _GLOSS_FLOOR)
+        chosen = chosen[np.argsort(-share[chosen])[:_GLOSS_MAX]]
+        boost = np.zeros(len(slots.code), dtype=np.float32)
+        for entry in chosen:
+            members = slots.members[entry]
+            if len(members):
+                boost[members] += weight * share[entry]
+        return boost  # type: ignore[no-any-return]
 
     def rank(
-        self, index: PatternIndex, text: str, limit: int, scope: tuple[str | None, bool]
+        self,
+        index: PatternIndex,
+        text: str,
+        limit: int,
+        scope: tuple[str | None, bool],
+        model: QueryModel = "static",
     ) -> list[DocRow]:
-        """The `limit` live patterns closest to `text`, within `scope` (project, exclude)."""
+        """The `limit` live patterns closest to `text` (its vector by `model`), within
+        `scope` (project, exclude)."""
         np = self._np
-        loaded = self._load(index)
-        rowids, projects = loaded.rowids, loaded.projects
-        if not len(rowids):
+        slots = self._slots
+        query = self.query_vector(text, model)
+        if not slots.projects or not np.any(query):
             return []
-        query = self.query_vector(text)
-        scores = loaded.matrix @ query
-        if len(loaded.members):
-            near = loaded.glosses @ query
-            weights = np.exp((near - near.max()) / _GLOSS_TEMP)
-            weights /= weights.sum()
-            scores += self._gloss_boost(loaded, weights)
+        scores = slots.low @ (query @ self.table.projection)
+        boost = self._boost(query, model)
+        if boost is not None:
+            scores += boost
         project, exclude = scope
         if project is not None:
-            inside = np.fromiter((p == project for p in projects), dtype=bool, count=len(projects))
-            scores = np.where(inside != exclude, scores, -np.inf)
-        k = min(limit, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top])]
-        top = top[np.isfinite(scores[top])]
-        rows = index.docs_by_rowid([int(rowids[i]) for i in top])
+            code = slots.codes.get(project, -2)
+            keep = (slots.code != code) if exclude else (slots.code == code)
+            scores = np.where(keep, scores, -np.inf)
+        found = _top(scores, max(_CANDIDATES, limit))
+        found = found[slots.code[found] >= 0]  # free slots score 0: never kept
+        exact = slots.full[found] @ query
+        if boost is not None:
+            exact += boost[found]
+        if len(found) > limit:
+            part = np.argpartition(-exact, limit)[:limit]
+            found, exact = found[part], exact[part]
+        best = found[np.argsort(-exact, kind="stable")]
+        exact_of = dict(zip(found.tolist(), exact.tolist(), strict=True))
+        rows = index.docs_by_rowid([int(slots.rowid[i]) for i in best])
         out = []
-        for i in top:
-            row = rows.get(int(rowids[i]))
+        for i in best.tolist():
+            row = rows.get(int(slots.rowid[i]))
             if row is not None:
-                out.append(msgspec.structs.replace(row, rank=float(scores[i])))
+                out.append(msgspec.structs.replace(row, rank=float(exact_of[i])))
         return out

@@ -29,7 +29,8 @@ from .formats import Pattern, Project, Source
 from .index import PatternIndex, ProjectState
 from .patterns import extract_patterns, iso_from_ms, ms_from_iso, reconcile
 from .search import Dense, Hit, Mode, plan_query, run_search
-from .semantic import SemanticRanker
+from .semantic import QueryModel, SemanticRanker
+from .static import WordTable, default_table_path
 from .taxonomy import Taxonomy, load_taxonomy
 
 __all__ = ["EXTRACTOR_VERSION", "IndexReport", "Librarian", "MapError"]
@@ -38,6 +39,8 @@ _log = logging.getLogger(__name__)
 
 # Bump when patterns.py changes what it extracts: every map is then extracted again.
 EXTRACTOR_VERSION = 1
+# the modes ranking by pattern vectors (semantic.py)
+_DENSE_MODES = ("semantic", "static")
 
 
 class MapError(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +69,7 @@ class IndexReport(msgspec.Struct, kw_only=True):
     dropped: int = 0
     errors: list[MapError] = []
     wrote: bool = False
+    # the dense modes: pattern vectors computed (semantic.py), and how long that took
     embedded: int = 0
     embed_s: float = 0.0
     elapsed_s: float = 0.0
@@ -117,9 +121,9 @@ class Librarian:
         self._project_ids: frozenset[str] = frozenset()
         self._ids_stamp: str | None = "unset"
         self._last_stamp: str | None = None
-        # the semantic mode's ranker: None until first wanted, False when unavailable
+        # the dense modes' ranker: None until first wanted, False when unavailable
         self._semantic: SemanticRanker | bool | None = None
-        if self.config.search_mode == "semantic":
+        if self.config.search_mode in _DENSE_MODES:
             self._ranker()
 
     @classmethod
@@ -158,10 +162,8 @@ class Librarian:
             ranker = self._semantic
             if isinstance(ranker, SemanticRanker):
                 embed_started = time.perf_counter()
-                report.embedded = ranker.embed_missing(idx)
+                report.embedded = ranker.sync(idx)
                 report.embed_s = time.perf_counter() - embed_started
-                if dirty:
-                    ranker.forget()
             if dirty:
                 self._write_outputs()
                 self._last_stamp = _stamp(self.patterns_path)
@@ -372,25 +374,34 @@ class Librarian:
 
     # -- answering
     def _ranker(self) -> SemanticRanker | None:
-        """The semantic ranker, loaded once; None (logged once) without the embed extra."""
+        """The dense modes' ranker, loaded once (the word table is built on first use, a
+        minute or two, and cached); None (logged once) without the embed extra."""
         if self._semantic is None:
             try:
                 embedder = Embedder.load(self.config.embed_model_dir)
             except EmbedUnavailable as exc:
-                _log.warning("librarian: semantic search unavailable (%s); using expanded", exc)
+                _log.warning("librarian: %s search unavailable (%s); using expanded", "dense", exc)
                 self._semantic = False
             else:
-                self._semantic = SemanticRanker(embedder, self.taxonomy.glossary)
+                path = self.config.static_table_path
+                table = WordTable.open(
+                    Path(path) if path else default_table_path(self.config.embed_model_dir),
+                    embedder,
+                )
+                if table.build_s:
+                    _log.info("librarian: word table built in %.1f s", table.build_s)
+                self._semantic = SemanticRanker(table, self.taxonomy.glossary)
                 with locked(self.patterns_path), self._index.transaction():
-                    self._semantic.embed_missing(self._index)
+                    self._semantic.sync(self._index)
         return self._semantic if isinstance(self._semantic, SemanticRanker) else None
 
     def _dense(self, query: str, mode: Mode) -> Dense | None:
-        ranker = self._ranker() if mode == "semantic" else None
+        ranker = self._ranker() if mode in _DENSE_MODES else None
         if ranker is None:
             return None
         index = self._index
-        return lambda depth, scope: ranker.rank(index, query, depth, scope)
+        model: QueryModel = "model" if mode == "semantic" else "static"
+        return lambda depth, scope: ranker.rank(index, query, depth, scope, model)
 
     def _ensure_fresh(self) -> None:
         stamp = _stamp(self.patterns_path)

@@ -1,6 +1,7 @@
-"""The optional sentence-embedding path (embed.py, semantic.py) and the writer it relies on.
+"""The optional dense modes (embed.py, static.py, semantic.py) and the writer they rely on.
 
-The model tests run only with the ``embed`` extra and the weights installed (docs/memory.md).
+The model tests run only with the ``embed`` extra and the weights installed (docs/memory.md);
+the word-table and ranking tests use a tiny hand-made table and need numpy only.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import pytest
 from jarvis_kernel.config import LibrarianConfig
 from jarvis_kernel.fsutil import atomic_write_parts
 from jarvis_kernel.librarian import embed
-from jarvis_kernel.librarian.index import embed_key
+from jarvis_kernel.librarian.formats import Pattern, Source
+from jarvis_kernel.librarian.index import PatternIndex
+from jarvis_kernel.librarian.semantic import SemanticRanker, _Slots, _top
+from jarvis_kernel.librarian.static import WordTable, default_table_path
 from jarvis_kernel.librarian.store import Librarian
-from jarvis_kernel.librarian.taxonomy import GlossEntry, Taxonomy, TaxonomyData
+from jarvis_kernel.librarian.taxonomy import Glossary, GlossEntry, Taxonomy, TaxonomyData
 
+np = pytest.importorskip("numpy")
 needs_embed = pytest.mark.skipif(
     not embed.available(), reason="needs the embed extra and the model weights"
 )
@@ -69,44 +74,155 @@ def _memory(tmp_path: Path) -> Path:
     return memory
 
 
+# -- a tiny table: 6 words in 384 dims, "cat"/"kitten" and "car"/"truck" close
+_WORDS = ["cat", "kitten", "dog", "car", "truck", "road"]
+
+
+def _table() -> WordTable:
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((3, 384)).astype(np.float32)
+    noise = 0.2 * rng.standard_normal((6, 384)).astype(np.float32)
+    matrix = base[[0, 0, 1, 2, 2, 2]] + noise
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    return WordTable(_WORDS, matrix, ranks=[500, 9000, 400, 300, 5000, 800])
+
+
+def test_word_table_sums_weighted_centred_vectors_of_known_words() -> None:
+    table = _table()
+    got = table.sums(["the cat_dog", "unknown words only", "", "Kitten-kitten"])
+    weights = {w: 1e-3 / (1e-3 + 0.1 / r) for w, r in zip(_WORDS, [500, 9000, 400], strict=False)}
+    vec = table._matrix
+    want = weights["cat"] * (vec[0] - table.center) + weights["dog"] * (vec[2] - table.center)
+    assert np.allclose(got[0], want, atol=1e-5)
+    assert not got[1].any() and not got[2].any()
+    assert np.allclose(got[3], 2 * weights["kitten"] * (vec[1] - table.center), atol=1e-5)
+    # a rarer word weighs more (smooth inverse frequency over its rank)
+    assert weights["kitten"] > weights["cat"]
+    assert table.missing(["cat zebra", "zebra okapi"]) == ["zebra", "okapi"]
+
+
+def test_word_table_adds_words_and_round_trips_through_a_file(tmp_path: Path) -> None:
+    table = _table()
+    table.add([("zebra", table._matrix[3].copy())])
+    assert table.missing(["zebra"]) == []
+    assert float(table.vector("zebra") @ table.vector("car")) > 0.99
+    path = tmp_path / "words.npz"
+    table.save(path)
+    again = WordTable.open(path, embedder=None)  # type: ignore[arg-type]
+    assert again.missing(["zebra"]) == ["zebra"]  # added words belong to the index, not here
+    assert np.allclose(again.sums(["cat road"]), table.sums(["cat road"]), atol=1e-5)
+    assert again.projection.shape == table.projection.shape
+
+
+def test_top_finds_the_best_scores_without_sorting_everything() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal(100_000).astype(np.float32)
+    scores[rng.choice(100_000, 500, replace=False)] = -np.inf
+    found = _top(scores, 1000)
+    best = set(np.argsort(-scores)[:1000].tolist())
+    assert len(best & set(found.tolist())) >= 990
+    assert np.isfinite(scores[found]).all()
+    assert sorted(_top(np.array([3.0, -np.inf, 1.0]), 5).tolist()) == [0, 2]
+
+
+def test_slots_are_reused_after_a_project_is_dropped() -> None:
+    slots = _Slots(4)
+    first = slots.alloc(3)
+    slots.projects["a"] = type("P", (), {"slots": first, "pairs": np.zeros((0, 2), np.int64)})()
+    slots.code[first] = 0
+    slots.drop("a")
+    assert (slots.code[first] == -1).all()
+    again = slots.alloc(3)
+    assert sorted(again.tolist()) == sorted(first.tolist())
+    assert len(set(slots.alloc(100).tolist()) & set(again.tolist())) == 0
+
+
+def _pattern(project: str, path: str, description: str) -> Pattern:
+    source = Source(context_map=f"projects/{project}/context_map.json", sha256="x", extracted_at="")
+    return Pattern(
+        id=f"{project}:{path}",
+        name=path,
+        description=description,
+        file_path=path,
+        project=project,
+        capabilities=[],
+        tags=[],
+        source=source,
+    )
+
+
+def test_ranker_follows_the_index_project_by_project(tmp_path: Path) -> None:
+    from jarvis_kernel.librarian.index import ProjectState
+
+    state = ProjectState(map_rel="m", mtime_ns=0, size=0, sha256="x")
+    index = PatternIndex(tmp_path / "lib.sqlite", glossary=Glossary([]))
+    ranker = SemanticRanker(_table())
+    with index.transaction():
+        index.replace_project("zoo", [_pattern("zoo", "a.txt", "cat and kitten")], state)
+        index.replace_project("garage", [_pattern("garage", "b.txt", "car truck road")], state)
+    assert ranker.sync(index) == 2
+    assert ranker.sync(index) == 0  # nothing touched since
+    top = ranker.rank(index, "kitten", 2, (None, False))
+    assert [r.project for r in top] == ["zoo", "garage"]
+    assert [r.project for r in ranker.rank(index, "kitten", 2, ("zoo", True))] == ["garage"]
+    with index.transaction():
+        index.replace_project("zoo", [_pattern("zoo", "c.txt", "truck")], state)
+    assert ranker.sync(index) == 1
+    assert {r.file_path for r in ranker.rank(index, "car", 5, (None, False))} == {"b.txt", "c.txt"}
+    index.close()
+
+
 @needs_embed
-def test_semantic_mode_embeds_incrementally_and_ranks_by_meaning(tmp_path: Path) -> None:
+def test_default_table_path_is_per_user_and_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = default_table_path()
+    assert path is not None and path.parent == tmp_path / "jarvis-kernel"
+
+
+@needs_embed
+@pytest.mark.parametrize("mode", ["static", "semantic"])
+def test_dense_modes_vectorise_incrementally_and_rank_by_meaning(tmp_path: Path, mode: str) -> None:
     memory = _memory(tmp_path)
-    lib = Librarian(memory, config=LibrarianConfig(search_mode="semantic"))
+    lib = Librarian(memory, config=LibrarianConfig(search_mode=mode))  # type: ignore[arg-type]
     try:
         first = lib.index()
         assert first.embedded == 2
         assert lib.index().embedded == 0
         hits = lib.search("night mode switch", limit=1)
         assert [h.file_path for h in hits] == ["src/theme.js"]
-    finally:
-        lib.close()
-
-
-@needs_embed
-def test_semantic_mode_embeds_the_glossary_once_and_keeps_it(tmp_path: Path) -> None:
-    memory = _memory(tmp_path)
-    text = "online payment processor: cards, hosted pay pages and refunds"
-    taxonomy = Taxonomy(TaxonomyData(glossary=[GlossEntry(terms=["stripe"], text=text)]))
-    lib = Librarian(memory, config=LibrarianConfig(search_mode="semantic"), taxonomy=taxonomy)
-    try:
-        assert lib.index().embedded == 2
-        key = embed_key(text)
-        assert key in lib._index.get_embeddings([key])
-        # a changed map prunes the embeddings no pattern uses: not the glossary's
+        # a word outside the model's vocabulary is run through it once and stored
+        stored = dict(lib._index.get_words())
+        vocab = embed.Embedder.load().tokenizer.get_vocab()
+        assert stored and not set(stored) & set(vocab)
         cmap = memory / "projects" / "shop" / "context_map.json"
         files = [{"path": "src/theme.js", "summary": "Theme toggle following the OS setting"}]
         cmap.write_text(json.dumps({"projectId": "shop", "files": files}))
         assert lib.index().embedded == 1
-        assert key in lib._index.get_embeddings([key])
         assert [h.file_path for h in lib.search("take card payments", limit=1)] == ["src/theme.js"]
     finally:
         lib.close()
 
 
-def test_semantic_mode_falls_back_to_expanded_without_the_model(tmp_path: Path) -> None:
+@needs_embed
+def test_glossary_step_reaches_the_file_naming_the_term(tmp_path: Path) -> None:
     memory = _memory(tmp_path)
-    config = LibrarianConfig(search_mode="semantic", embed_model_dir=str(tmp_path / "none"))
+    text = "online payment processor: cards, hosted pay pages and refunds"
+    taxonomy = Taxonomy(TaxonomyData(glossary=[GlossEntry(terms=["stripe"], text=text)]))
+    lib = Librarian(memory, config=LibrarianConfig(search_mode="static"), taxonomy=taxonomy)
+    try:
+        lib.index()
+        hits = lib.search("refund a purchase made by card", limit=1, mode="static")
+        assert [h.file_path for h in hits] == ["src/pages/api/checkout.ts"]
+    finally:
+        lib.close()
+
+
+@pytest.mark.parametrize("mode", ["static", "semantic"])
+def test_dense_modes_fall_back_to_expanded_without_the_model(tmp_path: Path, mode: str) -> None:
+    memory = _memory(tmp_path)
+    config = LibrarianConfig(search_mode=mode, embed_model_dir=str(tmp_path / "none"))  # type: ignore[arg-type]
     lib = Librarian(memory, config=config)
     try:
         assert lib.index().embedded == 0
@@ -114,3 +230,30 @@ def test_semantic_mode_falls_back_to_expanded_without_the_model(tmp_path: Path) 
         assert lib.search("stripe checkout") == expanded
     finally:
         lib.close()
+
+
+class _FakeTokenizer:
+    @staticmethod
+    def get_vocab() -> dict[str, int]:
+        return {w: 2000 + i for i, w in enumerate(_WORDS)} | {"##s": 1500, "[CLS]": 101}
+
+
+class _FakeModel:
+    """Encodes the six words of `_table` as it does; no other."""
+
+    tokenizer = _FakeTokenizer()
+
+    def encode(self, texts: list[str], batch: int = 64) -> object:
+        table = _table()
+        return np.stack([table.vector(t) + table.center for t in texts])
+
+
+def test_a_missing_or_corrupt_table_file_is_built_again(tmp_path: Path) -> None:
+    path = tmp_path / "words.npz"
+    path.write_bytes(b"not a zip")
+    table = WordTable.open(path, _FakeModel())  # type: ignore[arg-type]
+    assert table.build_s > 0
+    assert table.missing(["cat truck road zebra"]) == ["zebra"]
+    again = WordTable.open(path, embedder=None)  # type: ignore[arg-type]
+    assert again.build_s == 0.0  # read from the file this time
+    assert np.allclose(again.sums(["kitten road"]), table.sums(["kitten road"]), atol=1e-5)

@@ -6,10 +6,14 @@ before the ``semantic`` mode was built, without running any method on it; a thir
 (tests/data/librarian_queries_heldout2.json) after the taxonomy's everyday-phrasing lexicon was
 written and before anything was measured with it (never used for tuning); a fourth
 (tests/data/librarian_queries_heldout3.json) before the taxonomy's glossary and the semantic
-mode's glossary step were tried, measured once with them final (never used for tuning).
+mode's glossary step were tried, measured once with them final (never used for tuning); a
+fifth (tests/data/librarian_queries_heldout4.json) before the static word vectors were tried,
+measured once with them final (never used for tuning).
 
-Modes measured: ``expanded`` (the default, always) and ``semantic`` (sentence embeddings;
-skipped unless the ``embed`` extra and the model weights are installed: docs/memory.md).
+Modes measured: ``expanded`` (the default, always), ``static`` (static word vectors distilled
+from the sentence model, fused with ``expanded``) and ``semantic`` (static pattern vectors,
+the query embedded by the model); the last two are skipped unless the ``embed`` extra and
+the model weights are installed: docs/memory.md.
 Run as a script to print the comparison of ranking modes recorded in benchmarks/RESULTS.md:
 ``.venv/bin/python -m tests.integration.test_librarian_quality``.
 """
@@ -43,8 +47,9 @@ QUERIES = json.loads((ROOT / "tests/data/librarian_queries.json").read_text())["
 HELDOUT = json.loads((ROOT / "tests/data/librarian_queries_heldout.json").read_text())["queries"]
 HELDOUT2 = json.loads((ROOT / "tests/data/librarian_queries_heldout2.json").read_text())["queries"]
 HELDOUT3 = json.loads((ROOT / "tests/data/librarian_queries_heldout3.json").read_text())["queries"]
-PARAPHRASE_SETS = [QUERIES, HELDOUT, HELDOUT2, HELDOUT3]
-PARAPHRASE_IDS = ["original", "heldout", "heldout2", "heldout3"]
+HELDOUT4 = json.loads((ROOT / "tests/data/librarian_queries_heldout4.json").read_text())["queries"]
+PARAPHRASE_SETS = [QUERIES, HELDOUT, HELDOUT2, HELDOUT3, HELDOUT4]
+PARAPHRASE_IDS = ["original", "heldout", "heldout2", "heldout3", "heldout4"]
 needs_embed = pytest.mark.skipif(
     not embed.available(), reason="semantic mode needs the embed extra and the model weights"
 )
@@ -114,7 +119,13 @@ def _stems(text: str) -> set[str]:
 
 @pytest.mark.parametrize(
     ("queries", "least", "paraphrase_share"),
-    [(QUERIES, 40, 0.5), (HELDOUT, 24, 1.0), (HELDOUT2, 20, 1.0), (HELDOUT3, 30, 1.0)],
+    [
+        (QUERIES, 40, 0.5),
+        (HELDOUT, 24, 1.0),
+        (HELDOUT2, 20, 1.0),
+        (HELDOUT3, 30, 1.0),
+        (HELDOUT4, 30, 1.0),
+    ],
     ids=PARAPHRASE_IDS,
 )
 def test_query_set_is_big_enough_and_paraphrases_share_no_word(
@@ -203,8 +214,9 @@ def test_expansion_helps_paraphrases(librarian: Librarian) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="target not met: taxonomy synonyms, the everyday-phrasing lexicon and the glossary "
-    "reach recall@3 0.79 (original), 0.77 (held-out), 0.67 (held-out 2), 0.76 (held-out 3) on "
-    "paraphrases that share no word with their answer (benchmarks/RESULTS.md)",
+    "reach recall@3 0.79 (original), 0.77 (held-out), 0.67 (held-out 2), 0.76 (held-out 3), "
+    "0.74 (held-out 4) on paraphrases that share no word with their answer "
+    "(benchmarks/RESULTS.md)",
 )
 @pytest.mark.parametrize("queries", PARAPHRASE_SETS, ids=PARAPHRASE_IDS)
 def test_recall_at_3_on_paraphrases_meets_the_target(
@@ -215,38 +227,54 @@ def test_recall_at_3_on_paraphrases_meets_the_target(
 
 
 @needs_embed
-def test_semantic_mode_keeps_direct_queries_and_beats_expanded(librarian: Librarian) -> None:
-    semantic = evaluate(librarian, "semantic")
-    assert semantic["direct"]["recall@3"] >= 0.9, semantic
+@pytest.mark.parametrize("mode", ["static", "semantic"])
+def test_dense_modes_keep_direct_queries_and_beat_expanded(
+    librarian: Librarian, mode: Mode
+) -> None:
+    dense = evaluate(librarian, mode)
+    assert dense["direct"]["recall@3"] >= 0.9, dense
     for queries in PARAPHRASE_SETS:
         expanded = evaluate(librarian, "expanded", queries)["paraphrase"]
-        assert (
-            evaluate(librarian, "semantic", queries)["paraphrase"]["recall@3"]
-            > expanded["recall@3"]
-        )
+        assert evaluate(librarian, mode, queries)["paraphrase"]["recall@3"] > expanded["recall@3"]
 
 
-_SEMANTIC_MISSED = pytest.mark.xfail(
-    strict=True,
-    reason="target not met on this set: all-MiniLM-L6-v2 embeddings with the glossary reach "
-    "recall@3 0.97 (original), 0.87 (held-out), 0.97 (held-out 2), 0.85 (held-out 3) on "
-    "paraphrases (benchmarks/RESULTS.md)",
-)
-_MISSED_ON = {"heldout", "heldout3"}
+_MISSED = {
+    "static": pytest.mark.xfail(
+        strict=True,
+        reason="target not met on this set: static word vectors distilled from "
+        "all-MiniLM-L6-v2, with the glossary step, fused with expanded reach recall@3 0.93 "
+        "(original), 0.90 (held-out), 0.90 (held-out 2), 0.88 (held-out 3), 0.86 (held-out 4) "
+        "on paraphrases (benchmarks/RESULTS.md)",
+    ),
+    "semantic": pytest.mark.xfail(
+        strict=True,
+        reason="target not met on this set: static pattern vectors against the query's "
+        "all-MiniLM-L6-v2 embedding, with the glossary step, reach recall@3 0.97 (original), "
+        "0.87 (held-out), 0.93 (held-out 2), 0.88 (held-out 3), 0.90 (held-out 4) on "
+        "paraphrases (benchmarks/RESULTS.md)",
+    ),
+}
+_MISSED_ON = {"static": {"heldout3", "heldout4"}, "semantic": {"heldout", "heldout3"}}
 
 
 @needs_embed
 @pytest.mark.parametrize(
-    "queries",
+    ("mode", "queries"),
     [
-        pytest.param(queries, id=name, marks=[_SEMANTIC_MISSED] if name in _MISSED_ON else [])
+        pytest.param(
+            mode,
+            queries,
+            id=f"{mode}-{name}",
+            marks=[_MISSED[mode]] if name in _MISSED_ON[mode] else [],
+        )
+        for mode in ("static", "semantic")
         for queries, name in zip(PARAPHRASE_SETS, PARAPHRASE_IDS, strict=True)
     ],
 )
-def test_semantic_recall_at_3_on_paraphrases_meets_the_target(
-    librarian: Librarian, queries: list[dict[str, Any]]
+def test_dense_recall_at_3_on_paraphrases_meets_the_target(
+    librarian: Librarian, mode: Mode, queries: list[dict[str, Any]]
 ) -> None:
-    scores = evaluate(librarian, "semantic", queries)
+    scores = evaluate(librarian, mode, queries)
     assert scores["paraphrase"]["recall@3"] >= 0.9, scores
 
 
@@ -268,7 +296,7 @@ def main() -> None:
             lib = Librarian(_copy_sample(Path(tmp) / str(n)), taxonomy=taxonomy)
             lib.index()
             modes: list[Mode] = ["keyword", "expanded", "fused"]
-            modes += ["semantic"] if embed.available() else []
+            modes += ["static", "semantic"] if embed.available() else []
             for mode in modes:
                 for name, queries in zip(PARAPHRASE_IDS, PARAPHRASE_SETS, strict=True):
                     print(f"{mode}{label}", name, json.dumps(evaluate(lib, mode, queries)))
