@@ -58,6 +58,10 @@ class BusConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True)
 class MarketConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     window_s: Seconds = 0.5
     early_close: bool = True
+    early_close_on_bounds: bool = True
+    """Close a window before every eligible worker answered once the bids in hand decide it:
+    the best beats the most each silent worker of this version could still bid (the rule is
+    in docs/protocol.md). Needs `early_close`. Measured in benchmarks/RESULTS.md."""
     max_rounds: Positive = 3
     round_backoff_s: NonNegSeconds = 0.05
     max_concurrent_auctions: Positive = 256

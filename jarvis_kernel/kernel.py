@@ -105,6 +105,7 @@ class Kernel:
             clock=self.clock,
             market=cfg.market,
             liveness=cfg.liveness,
+            scoring=cfg.scoring,
             events_maxlen=cfg.bus.events_maxlen,
         )
         self._tg = await self._stack.enter_async_context(anyio.create_task_group())

@@ -114,6 +114,12 @@ class Announce(_Message, frozen=True, kw_only=True, tag_field="type", tag="annou
     files: list[Path] = []
     required_model: str | None = None
     closes_at_ms: NonNegInt
+    eligible: list[str] | None = None
+    """The workers the kernel waits for (alive with room when announced), sorted; `None`
+    from a kernel that does not say. A worker of this version that is not named and has no
+    room stays silent instead of refusing. (Plain strings: they are the field names of
+    ``<ns>:workers``, which nobody validated, and one bad name must not spoil every
+    announcement.)"""
 
 
 class Bid(_Message, frozen=True, kw_only=True):
@@ -126,6 +132,9 @@ class Bid(_Message, frozen=True, kw_only=True):
     model: str = ""
     load: NonNegInt = 0
     capacity: PositiveInt = 1
+    scoring: str | None = None
+    """How the worker scores (`market.bounds.scoring_id`), sent by workers of this version;
+    the kernel bounds the bids of silent workers only when it equals its own."""
 
 
 class WorkerInfo(_Message, frozen=True, kw_only=True):

@@ -11,6 +11,10 @@ Joint award (`award_batch`, an addition of this implementation): auctions whose 
 closed together are awarded in order of regret, so that an auction that loses much by not
 getting its best bidder goes before one that has a near-equal alternative. Each single award
 still follows the rule above.
+
+Closing a window: when every eligible worker has answered (`window_complete`), or earlier
+when the bids in hand decide the award whatever the silent workers could still bid, given
+a bound on each (`bids_decide`; the bounds come from `market.bounds`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import msgspec
 __all__ = [
     "ReceivedBid",
     "award_batch",
+    "bids_decide",
     "choose_winner",
     "free_capacity",
     "priority_key",
@@ -96,6 +101,28 @@ def window_complete(eligible: Collection[str], answered: Collection[str]) -> boo
     if not eligible:
         return False
     return all(worker in answered for worker in eligible)
+
+
+def bids_decide(
+    bids: Iterable[ReceivedBid], silent: Mapping[str, float], free: Mapping[str, int]
+) -> bool:
+    """True when the bids in hand decide the award whatever the silent workers still bid.
+
+    `silent` maps each eligible worker that has not answered to the most it could bid. A
+    bid still to come arrives after every bid in hand (a later `seq`) and has a load ratio of
+    at least 0, so the winner in hand, ``best = choose_winner(bids, free)``, still wins
+    against it when ``best.score > bound``, or ``best.score == bound`` and ``best`` has no
+    load (its ratio 0 ties at worst, then the earlier bid wins). A silent worker with bound
+    0 (it must refuse) or no room cannot win. Then ``choose_winner(bids + later, free) ==
+    best`` for any such later bids: closing now awards what waiting for them would.
+    """
+    best = choose_winner(bids, free)
+    for worker, bound in silent.items():
+        if bound <= 0.0 or free.get(worker, 0) <= 0:
+            continue
+        if best is None or best.score < bound or (best.score == bound and best.load > 0):
+            return False
+    return True
 
 
 def free_capacity(

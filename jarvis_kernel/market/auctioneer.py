@@ -5,7 +5,10 @@ One service (`Auctioneer.run`) with a few loops in one task group:
 - intake: ``BLMOVE <ns>:intake -> <ns>:kernel:intake`` (the task is never only in memory),
   then one Tx records it live and removes it from the kernel's intake list;
 - dispatch: pops the ready queue (priority, then age) into auctions, up to the cap;
-- bids: one pattern subscription on ``<ns>:bids:*`` routes each bid to its open auction;
+- bids: one pattern subscription on ``<ns>:bids:*`` routes each bid to its open auction,
+  which closes when every eligible worker answered or when the bids in hand decide it
+  (`auction.bids_decide` on the bounds of `bounds.BoundBook`), else at its deadline
+  (`windows.WindowTimer`);
 - outcomes: reads ``<ns>:events`` as consumer group ``kernel`` (started / completed / failed);
 - liveness: refreshes the view of workers (capacity, heartbeat, load) and takes back the
   tasks of dead workers.
@@ -29,7 +32,7 @@ import msgspec
 
 from ..bus import Bus, StreamEntry, Tx
 from ..clock import Clock, run_with_timeout
-from ..config import LivenessConfig, MarketConfig
+from ..config import LivenessConfig, MarketConfig, ScoringConfig
 from ..control import paused_info
 from ..errors import ProtocolError
 from ..protocol import (
@@ -50,6 +53,7 @@ from ..protocol import (
     TaskStarted,
     TaskSubmitted,
     WorkerInfo,
+    WorkerStarted,
     decode,
     decode_event,
     encode,
@@ -57,17 +61,21 @@ from ..protocol import (
 from .auction import (
     ReceivedBid,
     award_batch,
+    bids_decide,
     choose_winner,
     free_capacity,
     priority_key,
     window_complete,
 )
+from .bounds import NO_BOUND, BoundBook
 from .records import TaskRecord, assignment_for, dead_letter_tx, event_fields, removal, transition
+from .windows import Auction, WindowTimer
 
 __all__ = ["AuctionStats", "Auctioneer", "DuplicateTask"]
 
 log = logging.getLogger(__name__)
 GROUP = "kernel"
+_ACK_AFTER_S = 0.02
 
 
 class DuplicateTask(ProtocolError):
@@ -81,16 +89,6 @@ class AuctionStats:
         self.counts: Counter[str] = Counter()
         self.ignored_bids: Counter[str] = Counter()
         self.award_ms: deque[float] = deque(maxlen=keep)
-
-
-class _Auction:
-    __slots__ = ("answered", "bids", "done", "eligible", "round", "task_id")
-
-    def __init__(self, task_id: str, round_: int, eligible: set[str]) -> None:
-        self.task_id, self.round, self.eligible = task_id, round_, eligible
-        self.bids: list[ReceivedBid] = []
-        self.answered: set[str] = set()
-        self.done = anyio.Event()
 
 
 class _Batch:
@@ -122,8 +120,11 @@ class Auctioneer:
         clock: Clock,
         market: MarketConfig,
         liveness: LivenessConfig,
+        scoring: ScoringConfig | None = None,
         events_maxlen: int = 100_000,
     ) -> None:
+        """`scoring`: the workers' scoring configuration, for the early close on bounds
+        (`market.early_close_on_bounds`); without it no worker is bounded."""
         self.bus, self.keys, self.clock = bus, keys, clock
         self.market, self.liveness = market, liveness
         self.events_maxlen = events_maxlen
@@ -133,7 +134,9 @@ class Auctioneer:
         self._records: dict[str, bytes] = {}
         self._ready: list[tuple[tuple[int, int], str]] = []
         self._ready_changed = anyio.Event()
-        self._auctions: dict[str, _Auction] = {}
+        self._auctions: dict[str, Auction] = {}
+        self._windows = WindowTimer(clock)
+        self._bounds = BoundBook(scoring) if scoring is not None else None
         self._batch: _Batch | None = None
         self._slots = anyio.Semaphore(market.max_concurrent_auctions)
         self._committed: Counter[str] = Counter()
@@ -219,7 +222,10 @@ class Auctioneer:
         capacity = {}
         for worker_id, raw in infos.items():
             try:
-                capacity[worker_id] = decode(raw, WorkerInfo).capacity
+                info = decode(raw, WorkerInfo)
+                capacity[worker_id] = info.capacity
+                if self._bounds is not None:
+                    self._bounds.observe_info(worker_id, info.model, info.expertise)
             except ProtocolError as exc:
                 await self._reject(f"{self.keys.workers}/{worker_id}", str(exc), raw)
         self._capacity = capacity
@@ -243,6 +249,7 @@ class Auctioneer:
             tg.start_soon(self._liveness_loop)
             tg.start_soon(self._pause_loop)
             tg.start_soon(self._dispatch_loop, tg)
+            await tg.start(self._windows.run)
             task_status.started()
 
     async def wait_idle(self) -> None:
@@ -267,6 +274,9 @@ class Auctioneer:
                 self._push_ready(record)
             elif record.state in ("assigned", "running") and record.worker_id:
                 self._committed[record.worker_id] += 1
+                self._will_learn(record.worker_id, record.task)
+            elif record.state == "fallback" and self._bounds is not None:
+                self._bounds.shared(task_id, record.task.required_skills)
         self._seq = itertools.count(top)
         for raw in await self.bus.lrange(self._intake_list, 0, -1):
             await self._admit_raw(raw, self._intake_list)
@@ -422,8 +432,12 @@ class Auctioneer:
             files=task.files,
             required_model=task.required_model,
             closes_at_ms=closes_at_ms,
+            eligible=sorted(eligible),
         )
         tx.publish(self.keys.market, encode(announce))
+        exempt = task.task_id in self._exempt
+        if not exempt:  # announced only while not paused, also if the pause came after the
+            tx.require(self.keys.paused, None)  # task left the queue (the Tx is atomic)
         self._add_event(
             tx,
             TaskAnnounced(
@@ -435,16 +449,20 @@ class Auctioneer:
                 closes_at_ms=closes_at_ms,
             ),
         )
-        auction = self._auctions[task.task_id] = _Auction(task.task_id, round_, eligible)
+        auction = Auction(task, round_, eligible, deadline=0.0)
+        self._auctions[task.task_id] = auction
         started = time.perf_counter()
         try:
             if not await self.bus.execute(tx):
-                self._records.pop(task.task_id, None)
+                if not exempt and await self._paused_meanwhile():
+                    self._push_ready(record)  # it waits for the resume, as if never taken
+                else:
+                    self._records.pop(task.task_id, None)  # the record changed under us
                 return None
             assert new_raw is not None
             self._records[task.task_id] = new_raw
             self.stats.counts["announced"] += 1
-            await run_with_timeout(self.clock, self.market.window_s, auction.done.wait)
+            await self._collect(auction)
         finally:
             del self._auctions[task.task_id]
             if not self._auctions:
@@ -457,10 +475,70 @@ class Auctioneer:
         await self._award(announcing, new_raw, winner, auction, started)
         return None
 
+    async def _paused_meanwhile(self) -> bool:
+        """Is the swarm paused (read now)? Follow it at once if this kernel did not know."""
+        info = await paused_info(self.bus, self.keys)
+        if info is not None and self._pause is None:
+            self.set_paused(info)
+        return info is not None
+
+    async def _collect(self, auction: Auction) -> None:
+        """Wait until the window closes; a close on bounds is checked again on return.
+
+        The check and the decision that follows (`_decide`, which awards an auction closed on
+        bounds alone and at once) run without an await in between, so both see the same
+        capacity: the award is the one all the eligible workers' bids would give.
+        """
+        auction.deadline = self.clock.monotonic() + self.market.window_s
+        self._windows.add(auction)
+        self._bounds_for(auction)  # while the workers compute their bids
+        while True:
+            await auction.done.wait()
+            if not auction.on_bounds or self._draining:
+                return
+            if window_complete(auction.eligible, auction.answered):
+                auction.on_bounds = False  # complete meanwhile: the usual award
+                return
+            if self._decided_on_bounds(auction):
+                return
+            auction.reopen()
+            if auction.expired:
+                return
+
+    def _bounds_for(self, auction: Auction) -> dict[str, float]:
+        """The most each eligible worker could bid in `auction` (kept until the book changes)."""
+        book = self._bounds
+        if book is None:
+            return {}
+        if auction.bounds_gen != book.generation:
+            auction.bounds = {w: book.bound(w, auction.task) for w in auction.eligible}
+            auction.bounds_gen = book.generation
+        return auction.bounds
+
+    def _decided_on_bounds(self, auction: Auction) -> bool:
+        """Do the bids in hand decide `auction`, whatever its silent workers bid?
+
+        Only for an auction that would be awarded alone: with the joint award, while no
+        other auction is open or waiting (a batch ranks auctions by their second-best bids
+        too, which silent workers could change).
+        """
+        if self._bounds is None or not self.market.early_close_on_bounds or not auction.eligible:
+            return False
+        if self.market.joint_award_s > 0 and (len(self._auctions) > 1 or self._batch):
+            return False
+        bounds = self._bounds_for(auction)
+        silent = {w: bounds[w] for w in auction.eligible if w not in auction.answered}
+        return bids_decide(auction.bids, silent, self._free())
+
+    def _will_learn(self, worker_id: str, task: Task) -> None:
+        if self._bounds is not None:
+            self._bounds.will_learn(worker_id, task.required_skills)
+
     async def _award(
-        self, record: TaskRecord, raw: bytes, winner: ReceivedBid, auction: _Auction, started: float
+        self, record: TaskRecord, raw: bytes, winner: ReceivedBid, auction: Auction, started: float
     ) -> None:
         worker = winner.worker_id  # `_decide` reserved it in `_committed` already
+        self._will_learn(worker, record.task)  # before the worker can have it
         now = self.clock.time_ms()
         assigned = msgspec.structs.replace(record, state="assigned", worker_id=worker)
         tx, new_raw = transition(self.keys, raw, assigned)
@@ -487,14 +565,15 @@ class Auctioneer:
         self.stats.counts["awarded"] += 1
         self._records[record.task.task_id] = new_raw or b""
 
-    async def _decide(self, auction: _Auction) -> ReceivedBid | None:
+    async def _decide(self, auction: Auction) -> ReceivedBid | None:
         """The winner of a closed auction, reserved in `_committed` before anything awaits.
 
-        With ``joint_award_s`` 0 it is chosen at once. Otherwise the auction joins the batch
-        of auctions closed meanwhile; the first of them waits until no auction is open any
-        more, or ``joint_award_s``, then the batch is awarded jointly (`award_batch`).
+        With ``joint_award_s`` 0, or closed on bounds, it is chosen at once. Otherwise the
+        auction joins the batch of auctions closed meanwhile; the first of them waits until
+        no auction is open any more, or ``joint_award_s``, then the batch is awarded jointly
+        (`award_batch`); a batch of one is awarded without waiting.
         """
-        if self.market.joint_award_s <= 0:
+        if self.market.joint_award_s <= 0 or auction.on_bounds:
             winner = choose_winner(auction.bids, self._free())
             if winner is not None:
                 self._committed[winner.worker_id] += 1
@@ -508,6 +587,8 @@ class Auctioneer:
             batch.ready.set()
         if not leader:
             await batch.decided.wait()
+        elif batch.ready.is_set():
+            self._settle(batch)
         else:
             try:
                 await run_with_timeout(self.clock, self.market.joint_award_s, batch.ready.wait)
@@ -540,6 +621,8 @@ class Auctioneer:
                 at_ms=now, task_id=record.task.task_id, round=record.round, attempt=record.attempt
             ),
         )
+        if self._bounds is not None:
+            self._bounds.shared(record.task.task_id, record.task.required_skills)
         if await self.bus.execute(tx):
             self.stats.counts["fallback"] += 1
             self._records[record.task.task_id] = new_raw or b""
@@ -586,21 +669,54 @@ class Auctioneer:
                 seq=next(self._bid_seq),
             )
         )
-        if self.market.early_close and window_complete(auction.eligible, auction.answered):
-            auction.done.set()
+        if self._bounds is not None:
+            self._check_bound(auction, bid)
+            self._bounds.observe_bid(bid.worker_id, bid.scoring)
+        if not self.market.early_close:
+            return
+        if window_complete(auction.eligible, auction.answered):
+            auction.close()
+        elif self._decided_on_bounds(auction):
+            auction.close(on_bounds=True)
+
+    def _check_bound(self, auction: Auction, bid: Bid) -> None:
+        """Count (and stop bounding) a worker whose bid beat its bound: it must not happen."""
+        assert self._bounds is not None
+        bound = auction.bounds.get(bid.worker_id, NO_BOUND)
+        if auction.bounds_gen == self._bounds.generation and bid.score > bound:
+            self.stats.counts["bound_exceeded"] += 1
+            self._bounds.forget(bid.worker_id)
+            log.error(
+                "worker %s bid %r for %s over its bound %r: not bounded until it bids again",
+                bid.worker_id,
+                bid.score,
+                bid.task_id,
+                bound,
+            )
 
     # ------------------------------------------------------------------ outcomes
     async def _outcome_loop(self) -> None:
+        """Follow the event stream. Acknowledgements are owed until the stream is quiet for
+        `_ACK_AFTER_S` (or many are owed), then sent in one XACK: while busy, one round trip
+        per batch instead of two. Handling is idempotent (a task's record is guarded), so
+        what a crash leaves unacknowledged is simply handled again at the next start."""
         events, group = self.keys.events, GROUP
-        backlog = await self.bus.xreadgroup(events, group, group, pending=True, count=10_000)
-        await self._on_entries(backlog)
-        while True:
-            await self._on_entries(
-                await self.bus.xreadgroup(events, group, group, count=500, block_s=5.0)
+        owed = [
+            e.id
+            for e in await self._on_entries(
+                await self.bus.xreadgroup(events, group, group, pending=True, count=10_000)
             )
+        ]
+        while True:
+            block_s = _ACK_AFTER_S if owed else 5.0
+            entries = await self.bus.xreadgroup(events, group, group, count=500, block_s=block_s)
+            owed += [e.id for e in await self._on_entries(entries)]
+            if owed and (not entries or len(owed) >= 500):
+                await self.bus.xack(events, group, *owed)
+                owed = []
 
-    async def _on_entries(self, entries: list[StreamEntry]) -> None:
-        """Handle a batch of events, then acknowledge it in one call."""
+    async def _on_entries(self, entries: list[StreamEntry]) -> list[StreamEntry]:
+        """Handle a batch of events; return it (to be acknowledged)."""
         for entry in entries:
             raw = entry.fields.get("event", b"")
             try:
@@ -610,8 +726,15 @@ class Auctioneer:
                 continue
             if isinstance(event, TaskStarted | TaskCompleted | TaskFailed):
                 await self._on_outcome(event)
-        if entries:
-            await self.bus.xack(self.keys.events, GROUP, *(e.id for e in entries))
+            elif isinstance(event, WorkerStarted) and event.worker_id:
+                self._registered(event.worker_id)
+        return entries
+
+    def _registered(self, worker_id: str) -> None:
+        """A worker (re)registered: read it now, and bound it only once it has bid since."""
+        if self._bounds is not None:
+            self._bounds.forget(worker_id)
+        self._refresh_now.set()
 
     async def _on_outcome(self, event: TaskStarted | TaskCompleted | TaskFailed) -> None:
         task_id = event.task_id or ""
@@ -625,6 +748,8 @@ class Auctioneer:
         if isinstance(event, TaskStarted):
             await self._on_started(record, raw, event)
         elif isinstance(event, TaskCompleted):
+            if self._bounds is not None:
+                self._bounds.taken(task_id, None)
             if await self.bus.execute(removal(self.keys, task_id, raw)):
                 self._release(record)
                 self._records.pop(task_id, None)
@@ -638,6 +763,8 @@ class Auctioneer:
         # shared list needs recording, to learn who holds it.
         if record.state != "fallback":
             return
+        if self._bounds is not None:
+            self._bounds.taken(record.task.task_id, event.worker_id)
         if record.state == "fallback" and event.worker_id:
             self._committed[event.worker_id] += 1
         running = msgspec.structs.replace(

@@ -35,6 +35,7 @@ from ..clock import Clock
 from ..config import LivenessConfig, ScoringConfig, WorkerConfig
 from ..control import paused_info
 from ..errors import ProtocolError
+from ..market.bounds import scoring_id
 from ..market.scoring import bid_score
 from ..protocol import (
     Announce,
@@ -350,6 +351,9 @@ class WorkerAgent:
         self._answered[key] = None
         if len(self._answered) > _ANSWERED_LIMIT:
             self._answered.popitem(last=False)
+        not_waited_for = announce.eligible is not None and self.worker_id not in announce.eligible
+        if not_waited_for and self.load >= self.spec.capacity:
+            return  # full, and the kernel does not wait for it: a refusal would only cost
         score = await self._score(announce)
         bid = Bid(
             task_id=announce.task_id,
@@ -359,6 +363,8 @@ class WorkerAgent:
             model=self.spec.model,
             load=self.load,
             capacity=self.spec.capacity,
+            # lets the kernel bound this worker's bids while it is silent (early close)
+            scoring=scoring_id(self._scoring, self.memory.policy),
         )
         await self._bus.publish(self._keys.bids(announce.task_id), encode(bid))
 

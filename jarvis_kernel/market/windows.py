@@ -1,0 +1,94 @@
+"""The auctions' windows: what each open auction has received, and one timer for all of them.
+
+An `Auction` is closed (`Auction.close`) by the bid that completes it, by the bid that
+decides it on bounds, by a drain, or by the `WindowTimer` at its deadline. One timer task
+serves every open window, so that waiting for a window costs an `anyio.Event`, not a task
+and a cancel scope per auction.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+
+import anyio
+import anyio.abc
+
+from ..clock import Clock, run_with_timeout
+from ..protocol import Task
+from .auction import ReceivedBid
+
+__all__ = ["Auction", "WindowTimer"]
+
+
+class Auction:
+    """One round of one task's auction, while its window is open."""
+
+    __slots__ = (
+        "answered",
+        "bids",
+        "bounds",
+        "bounds_gen",
+        "deadline",
+        "done",
+        "eligible",
+        "expired",
+        "on_bounds",
+        "round",
+        "task",
+        "task_id",
+    )
+
+    def __init__(self, task: Task, round_: int, eligible: set[str], deadline: float) -> None:
+        self.task, self.task_id, self.round = task, task.task_id, round_
+        self.eligible, self.deadline = eligible, deadline
+        self.bids: list[ReceivedBid] = []
+        self.answered: set[str] = set()
+        self.done = anyio.Event()
+        self.on_bounds = False  # closed because the bids in hand decide it (`bids_decide`)
+        self.expired = False
+        self.bounds: dict[str, float] = {}  # silent worker -> the most it could bid
+        self.bounds_gen = -1  # `BoundBook.generation` the bounds were computed at
+
+    def close(self, *, on_bounds: bool = False) -> None:
+        self.on_bounds = on_bounds
+        self.done.set()
+
+    def reopen(self) -> None:
+        """Wait again (a close on bounds that no longer holds when it is acted on)."""
+        self.on_bounds = False
+        self.done = anyio.Event()
+
+
+class WindowTimer:
+    """Closes every auction still open at its deadline (`Clock` time)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._heap: list[tuple[float, int, Auction]] = []
+        self._seq = itertools.count()
+        self._changed = anyio.Event()
+        self._target: float | None = None  # the deadline the timer sleeps towards
+
+    def add(self, auction: Auction) -> None:
+        heapq.heappush(self._heap, (auction.deadline, next(self._seq), auction))
+        if self._target is None or auction.deadline < self._target:
+            self._changed.set()
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while True:
+            now = self.clock.monotonic()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, auction = heapq.heappop(self._heap)
+                auction.expired = True
+                if not auction.done.is_set():
+                    auction.close()
+            self._target = self._heap[0][0] if self._heap else None
+            self._changed = anyio.Event()
+            if self._target is None:
+                await self._changed.wait()
+            else:
+                await run_with_timeout(self.clock, self._target - now, self._changed.wait)
