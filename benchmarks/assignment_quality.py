@@ -1,7 +1,7 @@
 """Assignment quality: the market against FCFS and against the offline optimum.
 
     .venv/bin/python benchmarks/assignment_quality.py [--seeds 1,2,3] [--batches 30] [--json]
-        [--joint-award-s 0.005]
+        [--joint-award-s 0.005] [--no-bounds]
 
 Needs the ``bench`` extra (scipy) for the optimum: ``pip install -e '.[bench]'``.
 
@@ -60,6 +60,7 @@ from jarvis_kernel.clock import SystemClock
 from jarvis_kernel.config import (
     BusConfig,
     Config,
+    GuardianConfig,
     LibrarianConfig,
     LivenessConfig,
     MarketConfig,
@@ -447,7 +448,12 @@ async def _all_idle(kernel: Kernel, runtime: InlineRuntime, workers: list[str], 
 
 
 def _config(
-    workload: Workload, mode: Mode, scoring: ScoringConfig, namespace: str, joint_award_s: float
+    workload: Workload,
+    mode: Mode,
+    scoring: ScoringConfig,
+    namespace: str,
+    joint_award_s: float,
+    on_bounds: bool = True,
 ) -> Config:
     specs = [
         WorkerConfig(
@@ -465,9 +471,15 @@ def _config(
     return Config(
         bus=BusConfig(namespace=namespace),
         librarian=LibrarianConfig(enabled=False),  # not measured here
+        guardian=GuardianConfig(enabled=False),  # nor this
         workers=specs,
         scoring=scoring,
-        market=MarketConfig(window_s=0.5, round_backoff_s=0.01, joint_award_s=joint_award_s),
+        market=MarketConfig(
+            window_s=0.5,
+            round_backoff_s=0.01,
+            joint_award_s=joint_award_s,
+            early_close_on_bounds=on_bounds,
+        ),
         liveness=LivenessConfig(heartbeat_s=0.02, dead_after_s=2.0),
     )
 
@@ -479,9 +491,11 @@ async def run_mode(
     scoring: ScoringConfig,
     base_s: float,
     joint_award_s: float = MarketConfig().joint_award_s,
+    on_bounds: bool = True,
 ) -> tuple[list[Placement], _Log]:
     """Run every batch of `workload` through a fresh kernel; where each task went."""
-    config = _config(workload, mode, scoring, f"q{workload.seed}{mode}", joint_award_s)
+    namespace = f"q{workload.seed}{mode}"
+    config = _config(workload, mode, scoring, namespace, joint_award_s, on_bounds)
     clock = SystemClock()
     bus = MemoryBus(clock=clock)
     keys = Keys(config.bus.namespace)
@@ -544,11 +558,17 @@ async def run_seed(
     scoring: ScoringConfig,
     base_s: float,
     joint_award_s: float = MarketConfig().joint_award_s,
+    on_bounds: bool = True,
 ) -> dict[str, Any]:
     workload = make_workload(seed, batches=batches)
     started = time.perf_counter()
     market, market_log = await run_mode(
-        workload, "market", scoring=scoring, base_s=base_s, joint_award_s=joint_award_s
+        workload,
+        "market",
+        scoring=scoring,
+        base_s=base_s,
+        joint_award_s=joint_award_s,
+        on_bounds=on_bounds,
     )
     fcfs, _ = await run_mode(workload, "fcfs", scoring=scoring, base_s=base_s)
     optimum = optimum_placements(workload, scoring)
@@ -646,6 +666,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=MarketConfig().joint_award_s,
         help="market.joint_award_s of the market (0: each auction awarded alone)",
     )
+    parser.add_argument(
+        "--no-bounds",
+        action="store_true",
+        help="market.early_close_on_bounds off: every window waits for all eligible workers",
+    )
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args(argv)
     scoring = ScoringConfig()
@@ -658,6 +683,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 scoring=scoring,
                 base_s=args.base_s,
                 joint_award_s=args.joint_award_s,
+                on_bounds=not args.no_bounds,
             )
         )
         for seed in args.seeds.split(",")

@@ -3,7 +3,9 @@
 ``python -m jarvis_kernel bench auction --workers N --tasks M [--redis URL] [--json]`` runs,
 on one real redis-server with N worker processes per mode:
 
-- ``market``: this market, windows closing early once every eligible worker answered;
+- ``market``: this market, windows closing early once every eligible worker answered or
+  once the bids in hand decide the award (the early close on bounds);
+- ``waitall``: the same without the close on bounds (it waits for every eligible worker);
 - ``fixed``: the same with a fixed 0.5 s window (the original design);
 - ``fcfs``: plain first-come-first-served, workers ``BLMOVE``-ing from one shared list.
 
@@ -11,7 +13,10 @@ and reports per mode announce-to-award and submit-to-start latency (p50, p99) an
 throughput, in two phases: **light** load (100 tasks one at a time, each submitted once
 the previous completed: the latency of the mechanism itself) and **saturated** (all tasks
 at once: throughput, and latency including queueing for the 2 cores). Figures come from
-the event stream after the run, so measuring costs the kernel nothing while it runs.
+the event stream after the run, so measuring costs the kernel nothing while it runs; the
+market modes learn that tasks ended from the kernel's own listener (`Kernel.finished_events`),
+not by reading the stream in the kernel's process. The guardian is off: this measures the
+market alone.
 Without ``--redis`` it starts a throwaway redis-server of its own.
 """
 
@@ -26,7 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +39,14 @@ import anyio
 import msgspec
 
 from .bus.redis import RedisBus
-from .config import BusConfig, Config, LibrarianConfig, LivenessConfig, MarketConfig
+from .config import (
+    BusConfig,
+    Config,
+    GuardianConfig,
+    LibrarianConfig,
+    LivenessConfig,
+    MarketConfig,
+)
 from .kernel import Kernel
 from .market.records import TaskRecord, assignment_for
 from .protocol import (
@@ -50,7 +62,7 @@ from .view import percentile
 
 __all__ = ["MODES", "run_auction_bench"]
 
-MODES = ("market", "fixed", "fcfs")
+MODES = ("market", "waitall", "fixed", "fcfs")
 
 
 @contextlib.contextmanager
@@ -176,20 +188,41 @@ async def _all_events(bus: RedisBus, keys: Keys) -> list[Any]:
     return [decode_event(e.fields["event"]) for e in entries]
 
 
-async def _wait_ended(
-    bus: RedisBus, keys: Keys, wanted: set[str], group: str, endings: tuple[bytes, ...]
-) -> None:
-    """Read the event stream as consumer group `group` (made before the tasks were submitted)
-    until every task in `wanted` has ended: an event whose type is in `endings` (the market
-    retries a failed task itself, so there only completed or dead ends it; with plain FCFS
-    nothing retries, so a failure ends it too)."""
-    left = set(wanted)
-    with anyio.fail_after(600):
-        while left:
-            for entry in await bus.xreadgroup(keys.events, group, "b", count=1000, block_s=1.0):
-                raw = entry.fields.get("event", b"")
-                if any(ending in raw for ending in endings):
-                    left.discard(decode_event(raw).task_id or "")
+Waiter = Callable[[set[str]], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def _stream_ends(bus: RedisBus, keys: Keys) -> AsyncIterator[Waiter]:
+    """FCFS: read the event stream as a consumer group made now (before the tasks are
+    submitted) until every wanted task has completed or failed (nothing retries)."""
+    group = f"bench-{uuid.uuid4().hex[:6]}"
+    await bus.xgroup_create(keys.events, group, start_id="$")
+
+    async def wait(wanted: set[str]) -> None:
+        left = set(wanted)
+        with anyio.fail_after(600):
+            while left:
+                for entry in await bus.xreadgroup(keys.events, group, "b", count=1000, block_s=1.0):
+                    raw = entry.fields.get("event", b"")
+                    if b'"task.completed"' in raw or b'"task.failed"' in raw:
+                        left.discard(decode_event(raw).task_id or "")
+
+    yield wait
+
+
+@contextlib.asynccontextmanager
+async def _kernel_ends(kernel: Kernel) -> AsyncIterator[Waiter]:
+    """The market: the kernel's listener says when a task completed or died (it retries a
+    failed one itself)."""
+    async with kernel.finished_events() as events:
+
+        async def wait(wanted: set[str]) -> None:
+            left = set(wanted)
+            with anyio.fail_after(600):
+                while left:
+                    left.discard((await events.receive()).task_id or "")
+
+        yield wait
 
 
 async def _submit_market(kernel: Kernel, task: Task, submitted_at: dict[str, float]) -> None:
@@ -205,31 +238,26 @@ async def _submit_fcfs(
     await bus.lpush(keys.tasks, encode(assignment_for(TaskRecord(task=task), int(now))))
 
 
-_MARKET_ENDS = (b'"task.completed"', b'"task.dead"')
-_FCFS_ENDS = (b'"task.completed"', b'"task.failed"')
-
-
 async def _phases(
     submit: Any,
+    ends: contextlib.AbstractAsyncContextManager[Waiter],
     bus: RedisBus,
     keys: Keys,
     ns: str,
     light: int,
     heavy: int,
-    endings: tuple[bytes, ...] = _MARKET_ENDS,
 ) -> dict[str, Any]:
     """Light load (one task at a time, closed loop), then saturation (all at once)."""
     submitted_at: dict[str, float] = {}
     light_tasks = _tasks(f"{ns}-l", light)
-    await bus.xgroup_create(keys.events, "light", start_id="$")
-    for task in light_tasks:
-        await submit(task, submitted_at)
-        await _wait_ended(bus, keys, {task.task_id}, "light", endings)
     heavy_tasks = _tasks(f"{ns}-h", heavy)
-    await bus.xgroup_create(keys.events, "heavy", start_id="$")
-    for task in heavy_tasks:
-        await submit(task, submitted_at)
-    await _wait_ended(bus, keys, {t.task_id for t in heavy_tasks}, "heavy", endings)
+    async with ends as wait:
+        for task in light_tasks:
+            await submit(task, submitted_at)
+            await wait({task.task_id})
+        for task in heavy_tasks:
+            await submit(task, submitted_at)
+        await wait({t.task_id for t in heavy_tasks})
     events = await _all_events(bus, keys)
     return {
         "light": _figures(events, submitted_at, {t.task_id for t in light_tasks}),
@@ -248,26 +276,37 @@ async def _run_mode(url: str, mode: str, workers: int, tasks: int, task_s: float
         if mode == "fcfs":
             return await _phases(
                 lambda t, at: _submit_fcfs(bus, keys, t, at),
+                _stream_ends(bus, keys),
                 bus,
                 keys,
                 ns,
                 light,
                 tasks,
-                _FCFS_ENDS,
             )
         market = MarketConfig(
-            window_s=0.5, early_close=mode == "market", max_rounds=3, max_concurrent_auctions=256
+            window_s=0.5,
+            early_close=mode != "fixed",
+            early_close_on_bounds=mode == "market",
+            max_rounds=3,
+            max_concurrent_auctions=256,
         )
         config = Config(
             bus=BusConfig(redis_url=url, namespace=ns),
             market=market,
             liveness=LivenessConfig(heartbeat_s=0.5, dead_after_s=3.0),
             librarian=LibrarianConfig(enabled=False),
+            guardian=GuardianConfig(enabled=False),
         )
         async with Kernel.from_config(config) as kernel:
             await kernel.market.refresh_workers()
             return await _phases(
-                lambda t, at: _submit_market(kernel, t, at), bus, keys, ns, light, tasks
+                lambda t, at: _submit_market(kernel, t, at),
+                _kernel_ends(kernel),
+                bus,
+                keys,
+                ns,
+                light,
+                tasks,
             )
     finally:
         _stop(procs)
