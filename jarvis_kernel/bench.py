@@ -112,13 +112,16 @@ def _spawn_workers(url: str, ns: str, count: int, *, task_s: float, shared: bool
             "0",
             "--heartbeat-s",
             "0.5",
+            "--exit-with-stdin",  # a bench killed midway leaves no worker behind
         ]
         if shared:
             argv += ["--take", "shared"]
         with tempfile.NamedTemporaryFile(
             prefix="jarvis-bench-", suffix=".log", delete=False
         ) as log:
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log
+            )
         procs.append(_Worker(proc, Path(log.name)))
     return procs
 
@@ -133,6 +136,8 @@ def _stop(workers: list[_Worker]) -> None:
         except subprocess.TimeoutExpired:
             worker.proc.kill()
             worker.proc.wait()
+        if worker.proc.stdin is not None:
+            worker.proc.stdin.close()
         worker.log.unlink(missing_ok=True)
 
 
