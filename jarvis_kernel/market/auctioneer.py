@@ -388,15 +388,21 @@ class Auctioneer:
 
     async def _auction_slot(self, task_id: str) -> None:
         try:
-            await self._auction(task_id)
+            again = await self._auction(task_id)
         finally:
             self._slots.release()
+        if again:  # out of the slot: resting holds no room for other auctions
+            await self.clock.sleep(self.market.window_s)
+            raw = self._records.get(task_id)
+            if raw is not None:
+                self._push_ready(decode(raw, TaskRecord))
 
     # ------------------------------------------------------------------ one auction
-    async def _auction(self, task_id: str) -> None:
+    async def _auction(self, task_id: str) -> bool:
+        """Run the rounds of one auction; True when it is to be run again later."""
         raw = self._records.get(task_id)
         if raw is None:
-            return
+            return False
         record = decode(raw, TaskRecord)
         # Round numbers grow over the task's whole life (across attempts and restarts):
         # workers answer each (task, round) once, so a round announced again would only meet
@@ -406,13 +412,18 @@ class Auctioneer:
         for round_ in range(first, last + 1):
             outcome = await self._round(record, raw, round_)
             if outcome is None:
-                return  # awarded, or the record changed under us
+                return False  # awarded, or the record changed under us
             record, raw = outcome
             if self._draining:
-                return
+                return False
             if round_ < last:
                 await self.clock.sleep(self.market.round_backoff_s * 2 ** (round_ - 1))
+        if self._pause is not None and task_id in self._exempt:
+            # The task the pause lets through (the guardian's RCA) does not fall back: no
+            # worker takes from the shared list while paused. Auctioned again after a rest.
+            return True
         await self._fallback(record, raw)
+        return False
 
     async def _round(
         self, record: TaskRecord, raw: bytes, round_: int

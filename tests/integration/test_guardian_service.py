@@ -482,3 +482,33 @@ async def test_a_restarted_kernel_picks_up_the_rca_of_the_pause_it_finds(tmp_pat
     assert all(isinstance(e, TaskCompleted) for e in ended)
     resumed = [e for e in events if isinstance(e, SwarmResumed)]
     assert len(resumed) == 1 and rca_id in resumed[0].reason
+
+
+async def test_an_exempt_task_waits_for_its_worker_rather_than_falling_back(
+    tmp_path: Path,
+) -> None:
+    """While paused nobody takes from the shared list: the RCA must not end up there when
+    the only worker that may run it is busy for longer than the rounds last."""
+    async with open_swarm(tmp_path) as swarm:
+        pro = swarm.worker("w-pro", model="gemini:pro", score=0.9)
+        pro.hold = anyio.Event()
+        flash = swarm.worker("w-flash", score=ordinary)  # free, silent on gemini:pro tasks
+        await swarm.start(pro)
+        kernel = swarm.kernel
+        await kernel.submit(Task(task_id="t-long", required_model="gemini:pro"))
+        await swarm.advance_until(lambda: pro.ran)  # busy: not eligible for a while
+        await swarm.start(flash)  # room in the swarm: the RCA is auctioned, in vain
+        await kernel.pause("rca", by="guardian", exempt=["t-rca"])
+        await kernel.submit(Task(task_id="t-rca", required_model="gemini:pro"))
+        for _ in range(60):  # 30 s: the rounds (two 5 s windows) three times over
+            await swarm.clock.advance(0.5)
+            await settle()
+        announced = [a for a in flash.announces if a.task_id == "t-rca"]
+        assert len(announced) >= 3  # auctioned again after its rounds, not sent to the shared list
+        assert [a.task_id for a in pro.ran] == ["t-long"] and flash.ran == []
+        assert await kernel.bus.llen(kernel.keys.tasks) == 0  # no fallback
+        pro.hold.set()
+        await swarm.advance_until(lambda: len(pro.ran) == 2)
+        assert pro.ran[1].task_id == "t-rca"
+        events = await swarm.events()
+    assert not [e for e in events if kind_of(e) == "task.fallback"]
