@@ -1,7 +1,7 @@
 """Assignment quality: the market against FCFS and against the offline optimum.
 
     .venv/bin/python benchmarks/assignment_quality.py [--seeds 1,2,3] [--batches 30] [--json]
-        [--joint-award-s 0.005] [--no-bounds]
+        [--joint-award-s 0.005] [--no-bounds] [--learning default|legacy]
 
 Needs the ``bench`` extra (scipy) for the optimum: ``pip install -e '.[bench]'``.
 
@@ -36,6 +36,10 @@ keep using the declared, then learned, expertise. This is wired through the exis
 ``WorkerConfig.options["true_expertise"]``, which the kernel never reads.
 
 Each task gets one attempt (``maxAttempts = 1``) so every outcome is a first attempt.
+``--learning legacy`` makes the workers learn with `memory.LEGACY_POLICY` (every required
+skill moved by a fixed step) instead of the default, for a baseline in the same run; their
+bids then carry another scoring id than the kernel's, so the early close on bounds never
+applies to them (it changes no award here: RESULTS.md).
 """
 
 from __future__ import annotations
@@ -83,8 +87,10 @@ from jarvis_kernel.protocol import (
 )
 from jarvis_kernel.runtime.inline import InlineRuntime
 from jarvis_kernel.worker.executors import ExecutionContext, Executor, Outcome, SimExecutor
+from jarvis_kernel.worker.memory import DEFAULT_POLICY, LEGACY_POLICY, LearningPolicy
 
 Mode = Literal["market", "fcfs"]
+POLICIES = {"default": DEFAULT_POLICY, "legacy": LEGACY_POLICY}
 
 SKILLS = ("react", "css", "node", "database", "auth", "testing", "threejs", "payments")
 MODELS = (
@@ -492,6 +498,7 @@ async def run_mode(
     base_s: float,
     joint_award_s: float = MarketConfig().joint_award_s,
     on_bounds: bool = True,
+    policy: LearningPolicy = DEFAULT_POLICY,
 ) -> tuple[list[Placement], _Log]:
     """Run every batch of `workload` through a fresh kernel; where each task went."""
     namespace = f"q{workload.seed}{mode}"
@@ -516,6 +523,10 @@ async def run_mode(
     async with Kernel(config, bus=bus, clock=clock, runtimes={"inline": runtime}) as kernel:
         with anyio.fail_after(600):
             await _all_idle(kernel, runtime, ids, 0)
+            for worker_id in ids:  # before any task: all their learning follows `policy`
+                agent = runtime.agent(worker_id)
+                if agent is not None:
+                    agent.memory.policy = policy
             for batch in workload.batches:
                 await _submit(kernel, batch, mode)
                 done += len(batch)
@@ -559,6 +570,7 @@ async def run_seed(
     base_s: float,
     joint_award_s: float = MarketConfig().joint_award_s,
     on_bounds: bool = True,
+    policy: LearningPolicy = DEFAULT_POLICY,
 ) -> dict[str, Any]:
     workload = make_workload(seed, batches=batches)
     started = time.perf_counter()
@@ -569,8 +581,9 @@ async def run_seed(
         base_s=base_s,
         joint_award_s=joint_award_s,
         on_bounds=on_bounds,
+        policy=policy,
     )
-    fcfs, _ = await run_mode(workload, "fcfs", scoring=scoring, base_s=base_s)
+    fcfs, _ = await run_mode(workload, "fcfs", scoring=scoring, base_s=base_s, policy=policy)
     optimum = optimum_placements(workload, scoring)
     opt_fit = sum(p.fit for p in optimum)
     return {
@@ -671,6 +684,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="market.early_close_on_bounds off: every window waits for all eligible workers",
     )
+    parser.add_argument(
+        "--learning",
+        choices=sorted(POLICIES),
+        default="default",
+        help="the workers' learning policy (legacy: the fixed-step rule, for a baseline)",
+    )
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args(argv)
     scoring = ScoringConfig()
@@ -684,6 +703,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 base_s=args.base_s,
                 joint_award_s=args.joint_award_s,
                 on_bounds=not args.no_bounds,
+                policy=POLICIES[args.learning],
             )
         )
         for seed in args.seeds.split(",")

@@ -12,16 +12,20 @@ of each worker for that, and `BoundBook.bound` gives the number:
   touched just now (the context term at its maximum).
 
 Why the expertise is an upper bound. A worker's weights change only by
-`worker.memory.learn`, once per outcome of a task it ran, after it wrote the outcome. The
-book starts from the published `WorkerInfo` (each weight raised to its 6-decimal rounding,
-which is where learning rounds to) and, for every task the kernel awards to the worker (or
-puts on the shared FCFS list, which any worker may take), applies a *success* on the task's
-skills at once, before the worker can have it. A success never lowers a weight, a failure
-never raises one (on 6-decimal weights), and both are monotone in the weight, so whatever
-subset of those outcomes the worker has learned from, in whatever order, its weights stay at
-or under the book's. A fresh `WorkerInfo` is merged by the maximum, never replaces: it may
-be older than learning the book already counts. `bid_score` is monotone in each weight and in
-each file's freshness (tests/unit/test_scoring.py), so the score is bounded too.
+`worker.memory.learn_with_evidence`, once per outcome of a task it ran, after it wrote the
+outcome. The book starts from the published `WorkerInfo` (each weight raised to its
+6-decimal rounding, which is where learning rounds to) and, for every task the kernel awards
+to the worker (or puts on the shared FCFS list, which any worker may take), raises the
+task's skills at once, before the worker can have it, by the largest step the policy can
+take (`worker.memory.most_after_success`: `LearningPolicy.max_step` of the way to the
+ceiling, the step of a skill with no evidence and all the credit). A success never lowers a
+weight and moves it at most that step, a failure never raises one (on 6-decimal weights),
+and ``w + max_step * (ceiling - w)`` is monotone in ``w``, so whatever subset of those
+outcomes the worker has learned from, in whatever order, with whatever evidence and credit
+split, its weights stay at or under the book's. A fresh `WorkerInfo` is merged by the
+maximum, never replaces: it may be older than learning the book already counts. `bid_score`
+is monotone in each weight and in each file's freshness (tests/unit/test_scoring.py), so the
+score is bounded too.
 
 What it assumes (docs/protocol.md, "Early close on bounds"): workers of this version learn
 only from tasks this kernel awarded or put on the shared list, and a worker that registers
@@ -40,7 +44,7 @@ from typing import Final
 import msgspec
 
 from ..config import ScoringConfig
-from ..worker.memory import DEFAULT_POLICY, LearningPolicy, learn
+from ..worker.memory import DEFAULT_POLICY, LearningPolicy, most_after_success
 from .scoring import TaskLike, bid_score
 
 __all__ = ["NO_BOUND", "BoundBook", "score_bound", "scoring_id"]
@@ -143,7 +147,7 @@ class BoundBook:
         return worker
 
     def _learn(self, expertise: dict[str, float], skills: Iterable[str]) -> dict[str, float]:
-        learned = learn(expertise, skills, success=True, policy=self.policy)
+        learned = most_after_success(expertise, skills, self.policy)
         return {k: max(v, expertise.get(k, 0.0)) for k, v in learned.items()}
 
     def observe_info(self, worker_id: str, model: str, expertise: Mapping[str, float]) -> None:

@@ -42,7 +42,7 @@ from jarvis_kernel.protocol import (
 )
 from jarvis_kernel.worker.agent import WorkerAgent
 from jarvis_kernel.worker.executors import Completed, ExecutionContext, Outcome
-from jarvis_kernel.worker.memory import learn
+from jarvis_kernel.worker.memory import LEGACY_POLICY, LearningPolicy, learn, learn_with_evidence
 
 CONFIG = ScoringConfig()
 SKILLS = ["react", "auth", "sql", "css", "go"]
@@ -142,8 +142,12 @@ def _expertise(rng: random.Random) -> dict[str, float]:
 
 
 def test_property_a_bound_is_never_below_the_bid() -> None:
-    """Published expertise, then awards the book hears of, then any outcomes learned."""
+    """Published expertise, then awards the book hears of, then any outcomes learned.
+
+    The worker learns with any evidence it has, any credit split and any adequacy.
+    """
     rng = random.Random(7)
+    policies = [LearningPolicy(), LEGACY_POLICY, LearningPolicy(rate=0.0, prior_strength=0.5)]
     for case in range(3000):
         config = ScoringConfig(
             models={"gemini:flash": ModelSpec(capability=0.6, cost=0.2)}
@@ -151,21 +155,30 @@ def test_property_a_bound_is_never_below_the_bid() -> None:
             else ScoringConfig().models,
             context_weight=rng.choice([0.0, 0.15, 0.5]),
         )
-        book = BoundBook(config)
+        policy = rng.choice(policies)
+        book = BoundBook(config, policy=policy)
         model, published = rng.choice(MODELS), _expertise(rng)
         pre = [_task(rng).required_skills for _ in range(rng.randint(0, 2))]
         for skills in pre:  # awards recovered before any info was read
             book.will_learn("w", skills)
         book.observe_info("w", model, published)
-        book.observe_bid("w", scoring_id(config))
+        book.observe_bid("w", scoring_id(config, policy))
         awarded = [_task(rng).required_skills for _ in range(rng.randint(0, 4))]
         for skills in awarded:
             book.will_learn("w", skills)
         if rng.random() < 0.3:  # a stale info read later never lowers the bound
             book.observe_info("w", model, published)
         real = dict(published)
+        evidence = {s: rng.choice([0.0, 0.5, 4.0, 50.0]) for s in real}
         for skills in rng.sample(pre + awarded, rng.randint(0, len(pre + awarded))):
-            real = learn(real, skills, success=rng.random() < 0.6)
+            real, evidence = learn_with_evidence(
+                real,
+                evidence,
+                skills,
+                success=rng.random() < 0.6,
+                policy=policy,
+                adequacy=rng.choice([1.0, 1.0, 0.4]),
+            )
         now = 1_800_000_000_000
         recent = {f: now - rng.randint(0, 10_000_000) for f in rng.sample(FILES, 2)}
         task = _task(rng)
