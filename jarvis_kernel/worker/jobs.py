@@ -20,7 +20,7 @@ import anyio.abc
 from ..bus.base import Tx
 from ..clock import run_with_timeout
 from ..errors import ProtocolError
-from ..market.scoring import task_fit
+from ..market.scoring import adequacy, model_spec, task_fit
 from ..protocol import (
     Assignment,
     Event,
@@ -206,11 +206,14 @@ class JobRunner:
 
     async def _learn(self, job: Job, outcome: Outcome) -> None:
         agent, task = self._agent, job.task
+        # a model too weak for the task explains part of a failure: the skills take less blame
+        able = adequacy(task.complexity, model_spec(agent.spec.model, agent.scoring).capability)
         agent.memory.record(
             skills=task.required_skills,
             files=task.files,
             success=isinstance(outcome, Completed),
             now_ms=agent.clock.time_ms(),
+            adequacy=able,
         )
         try:
             await save_memory(agent.memory_dir, agent.memory)

@@ -38,7 +38,7 @@ from jarvis_kernel.protocol import (
     encode,
 )
 from jarvis_kernel.worker.agent import WorkerAgent
-from jarvis_kernel.worker.executors import Completed, ExecutionContext, Outcome
+from jarvis_kernel.worker.executors import Completed, ExecutionContext, Failed, Outcome
 
 from .conftest import BusHarness
 
@@ -358,6 +358,31 @@ async def test_duplicate_delivery_is_not_run_twice(world: World) -> None:
     assert world.executor.runs == ["t1", "t1"]
     assert len(await world.events("task.started")) == 2
     assert await world.bus.llen(KEYS.processing("w1")) == 0
+
+
+async def test_a_model_too_weak_for_the_task_takes_less_of_a_failure_on_its_skills(
+    world: World,
+) -> None:
+    """The worker learns from a failure with its model's adequacy for the task: a hard task
+    failed by a small model says less about the worker's skill than one failed by a strong
+    model."""
+
+    class Fails:
+        async def run(self, task: Assignment, ctx: ExecutionContext) -> Outcome:
+            return Failed(error_key="E.x", error="no")
+
+    world.executor = Fails()  # type: ignore[assignment]
+    learned = {}
+    for worker_id, model in (("w-small", "local:small"), ("w-pro", "gemini:pro")):
+        agent = world.agent(id=worker_id, model=model, expertise={"react": 0.9})
+        async with running(agent):
+            await world.push(
+                Assignment(task_id=f"t-{worker_id}", required_skills=["react"], complexity=1.0),
+                worker_id,
+            )
+            await world.until(lambda a=agent: _true(a.memory.failed == 1))
+        learned[model] = agent.memory.expertise["react"]
+    assert learned["gemini:pro"] < learned["local:small"] < 0.9
 
 
 # --------------------------------------------------------------------------- control
