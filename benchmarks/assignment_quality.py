@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/assignment_quality.py [--seeds 1,2,3] [--batches 30] [--json]
         [--joint-award-s 0.005] [--no-bounds] [--learning default|legacy]
+        [--optimism C | --no-exploration]
 
 Needs the ``bench`` extra (scipy) for the optimum: ``pip install -e '.[bench]'``.
 
@@ -39,7 +40,11 @@ Each task gets one attempt (``maxAttempts = 1``) so every outcome is a first att
 ``--learning legacy`` makes the workers learn with `memory.LEGACY_POLICY` (every required
 skill moved by a fixed step) instead of the default, for a baseline in the same run; their
 bids then carry another scoring id than the kernel's, so the early close on bounds never
-applies to them (it changes no award here: RESULTS.md).
+applies to them (it changes no award here: RESULTS.md). ``--optimism C`` makes them bid
+with exploration (`LearningPolicy.optimism`: C imagined successes on the belief in each
+declared skill, fading with evidence; ``scoring.optimistic_expertise``; default 1);
+``--no-exploration`` is ``--optimism 0``, the baseline. The kernel's bound book uses the
+default policy, so workers with another `optimism` than the default are not bounded either.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from functools import partial
 from typing import Any, Literal
 
 import anyio
+import msgspec
 
 from jarvis_kernel.bus.memory import MemoryBus
 from jarvis_kernel.clock import SystemClock
@@ -690,9 +696,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="default",
         help="the workers' learning policy (legacy: the fixed-step rule, for a baseline)",
     )
+    explore = parser.add_mutually_exclusive_group()
+    explore.add_argument(
+        "--optimism",
+        type=float,
+        default=None,
+        help="the workers bid with this many imagined successes per belief (exploration)",
+    )
+    explore.add_argument(
+        "--no-exploration",
+        action="store_true",
+        help="the workers bid their weights as they are (--optimism 0): the baseline",
+    )
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     args = parser.parse_args(argv)
     scoring = ScoringConfig()
+    policy = POLICIES[args.learning]
+    if args.no_exploration or args.optimism is not None:
+        optimism = 0.0 if args.no_exploration else max(0.0, args.optimism)
+        policy = msgspec.structs.replace(policy, optimism=optimism)
     runs = [
         anyio.run(
             partial(
@@ -703,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 base_s=args.base_s,
                 joint_award_s=args.joint_award_s,
                 on_bounds=not args.no_bounds,
-                policy=POLICIES[args.learning],
+                policy=policy,
             )
         )
         for seed in args.seeds.split(",")

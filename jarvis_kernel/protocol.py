@@ -145,6 +145,11 @@ class WorkerInfo(_Message, frozen=True, kw_only=True):
     expertise: dict[Skill, Unit] = {}
     capacity: PositiveInt = 1
     version: str = ""
+    evidence: dict[Skill, Annotated[float, msgspec.Meta(ge=0.0)]] = {}
+    """How many outcomes each weight of `expertise` was learned from (it only grows). A
+    worker of this version bids from its weights read optimistically by it (exploration,
+    `market.scoring.optimistic_expertise`); the kernel's bounds read this (older is safe:
+    less evidence, a larger bonus). Optional: none means the largest bonus."""
 
 
 class Control(_Message, frozen=True, kw_only=True):

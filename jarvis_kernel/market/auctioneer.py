@@ -225,7 +225,9 @@ class Auctioneer:
                 info = decode(raw, WorkerInfo)
                 capacity[worker_id] = info.capacity
                 if self._bounds is not None:
-                    self._bounds.observe_info(worker_id, info.model, info.expertise)
+                    self._bounds.observe_info(
+                        worker_id, info.model, info.expertise, evidence=info.evidence
+                    )
             except ProtocolError as exc:
                 await self._reject(f"{self.keys.workers}/{worker_id}", str(exc), raw)
         self._capacity = capacity

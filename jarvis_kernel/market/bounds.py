@@ -8,7 +8,7 @@ of each worker for that, and `BoundBook.bound` gives the number:
   worker, one of another version, one scoring with another configuration, and any worker
   the kernel has not heard a bid from since it (re)started or the worker (re)registered;
 - otherwise `score_bound`: `scoring.bid_score` itself on the worker's published model and
-  an expertise that cannot be below the worker's real one, every file the task names
+  an expertise that cannot be below the one it bids from, every file the task names
   touched just now (the context term at its maximum).
 
 Why the expertise is an upper bound. A worker's weights change only by
@@ -26,6 +26,13 @@ split, its weights stay at or under the book's. A fresh `WorkerInfo` is merged b
 maximum, never replaces: it may be older than learning the book already counts. `bid_score`
 is monotone in each weight and in each file's freshness (tests/unit/test_scoring.py), so the
 score is bounded too.
+
+A worker bids from an optimistic reading of its weights (`scoring.optimistic_expertise`,
+exploration: the policy's `optimism` imagined successes on a belief worth `prior_strength`
+plus the skill's evidence). The reading never falls as a weight rises nor rises as evidence
+grows, and evidence only grows, so the book reads its own weights with the evidence the
+worker last published (`WorkerInfo.evidence`; none if it published none): at least the
+bonus the worker can add.
 
 What it assumes (docs/protocol.md, "Early close on bounds"): workers of this version learn
 only from tasks this kernel awarded or put on the shared list, and a worker that registers
@@ -45,7 +52,7 @@ import msgspec
 
 from ..config import ScoringConfig
 from ..worker.memory import DEFAULT_POLICY, LearningPolicy, most_after_success
-from .scoring import TaskLike, bid_score
+from .scoring import TaskLike, bid_score, optimistic_expertise
 
 __all__ = ["NO_BOUND", "BoundBook", "score_bound", "scoring_id"]
 
@@ -106,12 +113,13 @@ def score_bound(
 
 
 class _Worker:
-    __slots__ = ("expertise", "model", "pending", "scoring_ok", "version")
+    __slots__ = ("evidence", "expertise", "model", "pending", "scoring_ok", "version")
 
     def __init__(self) -> None:
         self.version = 0  # grows at every change of this worker (keys the bound cache)
         self.model: str | None = None
         self.expertise: dict[str, float] = {}
+        self.evidence: dict[str, float] = {}  # as last published: no more than it has now
         self.pending: list[tuple[str, ...]] = []  # learning owed before any info was read
         self.scoring_ok = False
 
@@ -150,9 +158,24 @@ class BoundBook:
         learned = most_after_success(expertise, skills, self.policy)
         return {k: max(v, expertise.get(k, 0.0)) for k, v in learned.items()}
 
-    def observe_info(self, worker_id: str, model: str, expertise: Mapping[str, float]) -> None:
-        """Merge a `WorkerInfo` just read (by the maximum: it may lag learning counted)."""
+    def observe_info(
+        self,
+        worker_id: str,
+        model: str,
+        expertise: Mapping[str, float],
+        *,
+        evidence: Mapping[str, float] | None = None,
+    ) -> None:
+        """Merge a `WorkerInfo` just read (by the maximum: it may lag learning counted).
+
+        Its `evidence` replaces the one known: evidence only grows, so what was published
+        is at most what the worker has now, and less evidence means a larger bonus.
+        """
         worker = self._worker(worker_id)
+        known = dict(evidence or {})
+        if known != worker.evidence:
+            worker.evidence = known
+            self._changed(worker)
         first = worker.model is None
         merged = dict(worker.expertise)
         for skill, weight in expertise.items():
@@ -223,6 +246,14 @@ class BoundBook:
         expertise = worker.expertise
         for skills in self._shared.values():
             expertise = self._learn(expertise, skills)
+        optimism = self.policy.optimism
+        if optimism > 0.0:  # at least the evidence it published: at most that bonus
+            expertise = optimistic_expertise(
+                expertise,
+                worker.evidence,
+                optimism=optimism,
+                prior_strength=self.policy.prior_strength,
+            )
         bound = score_bound(task, expertise=expertise, model=worker.model, config=self.config)
         if len(self._cache) >= 4096:
             self._cache.clear()

@@ -40,11 +40,30 @@ and ``score = 0`` (a refusal) when the task has a ``requiredModel`` other than `
 Properties (tested): the result is in [0, 1]; more expertise on a required skill, a more
 recent touch of a named file, or a more capable model of the same cost never lowers it; a
 costlier model of the same capability never raises it.
+
+The expertise a worker bids from (exploration)
+----------------------------------------------
+A worker does not bid its learned weights as they are but an optimistic reading of them,
+`optimistic_expertise`: each weight ``w`` it lists is the mean of a Beta belief worth
+``N = prior_strength + evidence`` outcomes (``worker/memory.py``), and the bid counts
+``optimism`` more outcomes, all of them successes::
+
+    w_bid = (w * N + optimism) / (N + optimism)       # = w + optimism * (1 - w) / (N + optimism)
+
+A skill known from few outcomes is bid above its mean, the more so the lower it is, so a
+worker that declared a skill too low still wins tasks needing it now and then and learns
+the truth; the bonus fades as evidence comes in (an upper confidence bound of sorts). Only
+the skills passed as ``skills`` get it (a worker passes the ones it declared: it tests its
+claims, not every skill it met once); the others are bid as they are, and a skill the worker
+does not list stays 0. ``w_bid`` is in [w, 1], never falls as ``w`` rises, and never rises
+as ``N`` does, so the kernel bounds it with the least evidence the worker can have (the
+evidence it last published, or none), on every skill (``market/bounds.py``).
+``optimism = 0`` bids the weights as they are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final, Protocol
 
 from ..config import ModelSpec, ScoringConfig
@@ -59,6 +78,7 @@ __all__ = [
     "economy",
     "expertise_match",
     "model_spec",
+    "optimistic_expertise",
     "task_fit",
 ]
 
@@ -167,6 +187,34 @@ def bid_score(
         config.expertise_weight * e + config.context_weight * c + config.capability_weight * k
     ) / weights
     return _clamp(able * mean)
+
+
+def optimistic_expertise(
+    expertise: Mapping[str, float],
+    evidence: Mapping[str, float],
+    *,
+    optimism: float,
+    prior_strength: float,
+    skills: Collection[str] | None = None,
+) -> dict[str, float]:
+    """The weights a worker bids from: each of `skills` (None: all) read optimistically.
+
+    ``(w * N + optimism) / (N + optimism)`` with ``N = prior_strength + evidence`` (a skill
+    missing from `evidence` has none); see the module docstring. Weights are clamped to
+    [0, 1]; `optimism` <= 0 returns them as they are.
+    """
+    out = {s: _clamp(w) for s, w in expertise.items()}
+    if optimism <= 0.0:
+        return out
+    for skill, weight in out.items():
+        if skills is not None and skill not in skills:
+            continue
+        n = max(0.0, prior_strength) + max(0.0, evidence.get(skill, 0.0))
+        # 1 - (1 - w) * N / (N + optimism), in steps each monotone in w and in N, so that
+        # the kernel's bound (at less evidence) holds to the last bit too
+        kept = 1.0 - optimism / (n + optimism)
+        out[skill] = _clamp(1.0 - (1.0 - weight) * kept)
+    return out
 
 
 def task_fit(

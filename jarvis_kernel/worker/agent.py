@@ -285,6 +285,7 @@ class WorkerAgent:
             worker_id=self.worker_id,
             model=self.spec.model,
             expertise={k: min(1.0, max(0.0, v)) for k, v in self.memory.expertise.items()},
+            evidence={k: v for k, v in self.memory.evidence.items() if v > 0.0},
             capacity=self.spec.capacity,
             version=__version__,
         )
@@ -387,7 +388,7 @@ class WorkerAgent:
             return 0.0
         return bid_score(
             announce,
-            expertise=self.memory.expertise,
+            expertise=self.memory.bid_expertise(),  # optimistic by its evidence: exploration
             model=self.spec.model,
             recent_files=self.memory.recent_files,
             now_ms=self._clock.time_ms(),

@@ -29,6 +29,10 @@ one, and no step exceeds `LearningPolicy.max_step` (the kernel's bounds,
 `LearningPolicy.prior`. `LEGACY_POLICY` is the rule before evidence: every required skill
 moved by the fixed `rate`.
 
+A worker bids from `WorkerMemory.bid_expertise`: the weights, with the skills it declared
+read optimistically by their evidence (`LearningPolicy.optimism`: exploration, fading with
+evidence, ``scoring.optimistic_expertise``).
+
 `WorkerMemory` is the mutable state a worker holds; `load_memory`/`save_memory` move it to
 and from disk atomically under a lock, in a thread. A malformed file never stops a worker:
 `load_memory` returns the defaults and the `MemoryFormatError` that says what was wrong,
@@ -47,6 +51,7 @@ import msgspec
 
 from ..errors import MemoryFormatError
 from ..fsutil import atomic_write, locked
+from ..market.scoring import optimistic_expertise
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -79,11 +84,15 @@ class LearningPolicy(msgspec.Struct, frozen=True, kw_only=True):
     how many outcomes a weight is worth before any (the first step is
     ``1 / (prior_strength + 1)``); `credit` how an outcome is split among the task's
     skills: ``"share"`` by how much each can explain it, ``"even"`` a whole step each.
+    `optimism` is how many imagined successes the worker adds to the belief in each skill
+    it declared when it bids (``scoring.optimistic_expertise``: exploration, fading with
+    evidence; 0 bids the weights as they are).
     """
 
     rate: float = 0.05
     prior_strength: float = 2.0
     credit: Literal["share", "even"] = "share"
+    optimism: float = 1.0
     prior: float = 0.3
     floor: float = 0.05
     ceiling: float = 0.99
@@ -96,8 +105,9 @@ class LearningPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
 
 DEFAULT_POLICY = LearningPolicy()
-LEGACY_POLICY = LearningPolicy(rate=0.1, prior_strength=9.0, credit="even")
-"""The rule before per-skill evidence: every required skill moved by 0.1 of the way."""
+LEGACY_POLICY = LearningPolicy(rate=0.1, prior_strength=9.0, credit="even", optimism=0.0)
+"""The rule before per-skill evidence: every required skill moved by 0.1 of the way, and
+bids from the weights as they are (no exploration)."""
 
 
 class RecentFile(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -250,10 +260,13 @@ class WorkerMemory:
         completed: int = 0,
         failed: int = 0,
         policy: LearningPolicy = DEFAULT_POLICY,
+        declared: Iterable[str] | None = None,
     ) -> None:
         self.worker_id = worker_id
         self.model = model
         self.expertise: dict[str, float] = dict(expertise)
+        # the skills it claims (configured): the ones its bids explore (None: `expertise`)
+        self.declared = frozenset(expertise if declared is None else declared)
         self.recent_files: dict[str, int] = dict(recent_files or {})
         self.evidence: dict[str, float] = dict(evidence or {})  # outcomes credited per skill
         self.completed = completed
@@ -286,6 +299,20 @@ class WorkerMemory:
         else:
             self.failed += 1
 
+    def bid_expertise(self) -> dict[str, float]:
+        """The weights to bid from: each declared one read optimistically by its evidence.
+
+        ``scoring.optimistic_expertise`` with the policy's `optimism` and `prior_strength`
+        on the `declared` skills; a skill only met through tasks is bid as learned.
+        """
+        return optimistic_expertise(
+            self.expertise,
+            self.evidence,
+            optimism=self.policy.optimism,
+            prior_strength=self.policy.prior_strength,
+            skills=self.declared,
+        )
+
     def to_file(self) -> MemoryFile:
         recent = sorted(self.recent_files.items(), key=lambda item: (-item[1], item[0]))
         return MemoryFile(
@@ -308,7 +335,8 @@ class WorkerMemory:
     ) -> WorkerMemory:
         """Memory from a file; learned weights win over the configured `expertise`.
 
-        Evidence is kept only for a learned weight (a file without it: none yet).
+        Evidence is kept only for a learned weight (a file without it: none yet). The
+        configured skills are the declared ones (`bid_expertise`).
         """
         return cls(
             data.worker_id,
@@ -319,6 +347,7 @@ class WorkerMemory:
             completed=data.stats.completed,
             failed=data.stats.failed,
             policy=policy,
+            declared=expertise,
         )
 
 

@@ -193,7 +193,7 @@ async def test_bids_on_announce_once_per_round(world: World) -> None:
         bid = await next_bid(bids)
         expected = bid_score(
             announce,
-            expertise={"react": 0.9, "auth": 0.4},
+            expertise=agent.memory.bid_expertise(),  # {"react": 0.9, "auth": 0.4}, explored
             model="gemini:flash",
             recent_files={},
             now_ms=world.clock.time_ms(),

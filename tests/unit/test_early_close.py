@@ -27,7 +27,7 @@ from jarvis_kernel.config import (
 from jarvis_kernel.market.auction import ReceivedBid, bids_decide, choose_winner
 from jarvis_kernel.market.auctioneer import Auctioneer
 from jarvis_kernel.market.bounds import NO_BOUND, BoundBook, score_bound, scoring_id
-from jarvis_kernel.market.scoring import bid_score
+from jarvis_kernel.market.scoring import bid_score, optimistic_expertise
 from jarvis_kernel.protocol import (
     Announce,
     Assignment,
@@ -42,7 +42,12 @@ from jarvis_kernel.protocol import (
 )
 from jarvis_kernel.worker.agent import WorkerAgent
 from jarvis_kernel.worker.executors import Completed, ExecutionContext, Outcome
-from jarvis_kernel.worker.memory import LEGACY_POLICY, LearningPolicy, learn, learn_with_evidence
+from jarvis_kernel.worker.memory import (
+    DEFAULT_POLICY,
+    LEGACY_POLICY,
+    LearningPolicy,
+    learn_with_evidence,
+)
 
 CONFIG = ScoringConfig()
 SKILLS = ["react", "auth", "sql", "css", "go"]
@@ -144,10 +149,18 @@ def _expertise(rng: random.Random) -> dict[str, float]:
 def test_property_a_bound_is_never_below_the_bid() -> None:
     """Published expertise, then awards the book hears of, then any outcomes learned.
 
-    The worker learns with any evidence it has, any credit split and any adequacy.
+    The worker learns with any evidence it has, any credit split and any adequacy, and bids
+    optimistically by that evidence (exploration), as `WorkerMemory.bid_expertise` does.
     """
     rng = random.Random(7)
-    policies = [LearningPolicy(), LEGACY_POLICY, LearningPolicy(rate=0.0, prior_strength=0.5)]
+    policies = [
+        LearningPolicy(),
+        LEGACY_POLICY,
+        LearningPolicy(rate=0.0, prior_strength=0.5),
+        LearningPolicy(optimism=0.0),
+        LearningPolicy(optimism=4.0),
+        LearningPolicy(optimism=0.5, prior_strength=0.0),
+    ]
     for case in range(3000):
         config = ScoringConfig(
             models={"gemini:flash": ModelSpec(capability=0.6, cost=0.2)}
@@ -161,7 +174,9 @@ def test_property_a_bound_is_never_below_the_bid() -> None:
         pre = [_task(rng).required_skills for _ in range(rng.randint(0, 2))]
         for skills in pre:  # awards recovered before any info was read
             book.will_learn("w", skills)
-        book.observe_info("w", model, published)
+        evidence = {s: rng.choice([0.0, 0.5, 4.0, 50.0]) for s in published}
+        shown = rng.choice([None, evidence, {s: e for s, e in evidence.items() if e < 4.0}])
+        book.observe_info("w", model, published, evidence=shown)  # at most what it has
         book.observe_bid("w", scoring_id(config, policy))
         awarded = [_task(rng).required_skills for _ in range(rng.randint(0, 4))]
         for skills in awarded:
@@ -169,7 +184,6 @@ def test_property_a_bound_is_never_below_the_bid() -> None:
         if rng.random() < 0.3:  # a stale info read later never lowers the bound
             book.observe_info("w", model, published)
         real = dict(published)
-        evidence = {s: rng.choice([0.0, 0.5, 4.0, 50.0]) for s in real}
         for skills in rng.sample(pre + awarded, rng.randint(0, len(pre + awarded))):
             real, evidence = learn_with_evidence(
                 real,
@@ -182,8 +196,16 @@ def test_property_a_bound_is_never_below_the_bid() -> None:
         now = 1_800_000_000_000
         recent = {f: now - rng.randint(0, 10_000_000) for f in rng.sample(FILES, 2)}
         task = _task(rng)
+        declared = rng.choice([None, [s for s in published if rng.random() < 0.5]])
+        bidding = optimistic_expertise(
+            real,
+            evidence,
+            optimism=policy.optimism,
+            prior_strength=policy.prior_strength,
+            skills=declared,
+        )
         real_bid = bid_score(
-            task, expertise=real, model=model, recent_files=recent, now_ms=now, config=config
+            task, expertise=bidding, model=model, recent_files=recent, now_ms=now, config=config
         )
         assert real_bid <= book.bound("w", task), (task, published, real, awarded)
 
@@ -199,7 +221,7 @@ def test_unbounded_workers() -> None:
     book.observe_bid("w", scoring_id(ScoringConfig(cost_penalty=0.3)))  # scores otherwise
     assert book.bound("w", task) == NO_BOUND
     book.observe_bid("w", scoring_id(CONFIG))
-    assert book.bound("w", task) < 0.5
+    assert book.bound("w", task) < 0.6
     book.forget("w")  # it registered again
     assert book.bound("w", task) == NO_BOUND
 
@@ -255,7 +277,8 @@ class Bidder:
     ) -> None:
         self.worker_id, self.model, self.foreign = worker_id, model, foreign
         self.published = dict(expertise)
-        self.expertise = dict(expertise)  # what it really bids with
+        self.expertise = dict(expertise)  # what it really learned: it bids optimistically
+        self.evidence: dict[str, float] = {}
         self.recent: dict[str, int] = {}
         self.rng = rng
         self.delay_s = 0.0
@@ -269,9 +292,15 @@ class Bidder:
     def score(self, announce: Announce, now_ms: int) -> float:
         if self.foreign:
             return self.rng.choice([0.0, 0.5, 0.99, self.rng.random()])
+        bidding = optimistic_expertise(
+            self.expertise,
+            self.evidence,
+            optimism=DEFAULT_POLICY.optimism,
+            prior_strength=DEFAULT_POLICY.prior_strength,
+        )
         return bid_score(
             announce,
-            expertise=self.expertise,
+            expertise=bidding,
             model=self.model,
             recent_files=self.recent,
             now_ms=now_ms,
@@ -416,7 +445,9 @@ async def _complete(
 ) -> None:
     """The winner ends the task and learns from it privately, sometimes republishing."""
     bidder = next(b for b in bidders if b.worker_id == winner)
-    bidder.expertise = learn(bidder.expertise, task.required_skills, success=rng.random() < 0.6)
+    bidder.expertise, bidder.evidence = learn_with_evidence(
+        bidder.expertise, bidder.evidence, task.required_skills, success=rng.random() < 0.6
+    )
     bidder.recent.update(dict.fromkeys(task.files, clock.time_ms()))
     done = TaskCompleted(
         at_ms=clock.time_ms(), task_id=task.task_id, worker_id=winner, attempt=1, result=None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from jarvis_kernel.config import ModelSpec, ScoringConfig
@@ -12,6 +14,7 @@ from jarvis_kernel.market.scoring import (
     context_score,
     expertise_match,
     model_spec,
+    optimistic_expertise,
     task_fit,
 )
 from jarvis_kernel.protocol import Announce, Task
@@ -160,3 +163,43 @@ def test_task_fit() -> None:
     good = task_fit(hard, expertise={"react": 0.9}, model="gemini:pro", config=CONFIG)
     weak = task_fit(hard, expertise={"react": 0.9}, model="local:small", config=CONFIG)
     assert weak < good == pytest.approx(0.9)
+
+
+def optimistic(weight: float, evidence: float, optimism: float = 1.0) -> float:
+    read = optimistic_expertise(
+        {"react": weight}, {"react": evidence}, optimism=optimism, prior_strength=2.0
+    )
+    return read["react"]
+
+
+def test_optimistic_expertise_is_the_belief_with_imagined_successes() -> None:
+    # (w * N + optimism) / (N + optimism), N = prior_strength + evidence
+    assert optimistic(0.2, 0.0) == pytest.approx((0.2 * 2 + 1) / 3)
+    assert optimistic(0.2, 6.0, optimism=2.0) == pytest.approx((0.2 * 8 + 2) / 10)
+    assert optimistic(0.9, 1.0, optimism=0.0) == 0.9  # no exploration: the weight itself
+    assert optimistic(1.0, 0.0) == 1.0
+    # only the skills listed, clamped to [0, 1]; evidence of an unlisted skill is ignored
+    read = optimistic_expertise(
+        {"css": 1.5, "go": -0.2}, {"auth": 3.0}, optimism=1.0, prior_strength=2.0
+    )
+    assert set(read) == {"css", "go"} and read["css"] == 1.0 and 0.0 < read["go"] < 0.5
+
+
+def test_optimism_lifts_a_thin_low_belief_most_and_fades_with_evidence() -> None:
+    assert optimistic(0.2, 0.0) - 0.2 > optimistic(0.9, 0.0) - 0.9 > 0.0
+    bonuses = [optimistic(0.2, n) - 0.2 for n in (0.0, 1.0, 4.0, 40.0)]
+    assert bonuses == sorted(bonuses, reverse=True) and bonuses[-1] < 0.03
+
+
+def test_property_optimism_is_monotone_as_the_kernel_bound_needs() -> None:
+    """Never below the weight, never falling as it rises, never rising with evidence: the
+    kernel bounds it at no evidence (market/bounds.py), to the last bit."""
+    weights = [0.0, 0.05, 0.2, 1 / 3, 0.5, 0.62, 0.9, 0.99, 0.999999, 1.0]
+    evidence = [0.0, 0.001, 0.5, 1.0, 3.0, 50.0, 1e6]
+    for optimism in (0.1, 1.0, 4.0):
+        for w, low in itertools.pairwise(weights):
+            for e, more in itertools.pairwise(evidence):
+                assert w <= optimistic(w, e, optimism) <= 1.0
+                assert optimistic(w, e, optimism) <= optimistic(low, e, optimism)
+                assert optimistic(w, more, optimism) <= optimistic(w, e, optimism)
+                assert optimistic(w, e, optimism) <= optimistic(low, 0.0, optimism)

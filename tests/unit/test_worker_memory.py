@@ -147,6 +147,22 @@ def test_configured_weights_outside_the_bounds_never_move_the_wrong_way() -> Non
     assert learn({"a": 0.0}, ["a"], success=False)["a"] == 0.0
 
 
+def test_bid_expertise_reads_the_weights_by_their_evidence() -> None:
+    policy = LearningPolicy(optimism=1.0)
+    memory = WorkerMemory("w1", "gemini:flash", {"react": 0.5, "css": 0.5}, policy=policy)
+    memory.evidence = {"react": 10.0}
+    bid = memory.bid_expertise()
+    assert memory.expertise == {"react": 0.5, "css": 0.5}  # learning is not touched
+    assert 0.5 < bid["react"] < bid["css"]  # the skill seen less is bid higher
+    assert bid["css"] == pytest.approx((0.5 * 2.0 + 1.0) / (2.0 + 1.0))
+    memory.record(skills=["go"], files=[], success=True, now_ms=1)  # met, not declared
+    assert memory.declared == {"react", "css"}
+    assert memory.bid_expertise()["go"] == memory.expertise["go"]
+    memory.policy = LearningPolicy(optimism=0.0)
+    assert memory.bid_expertise() == memory.expertise
+    assert LEGACY_POLICY.optimism == 0.0
+
+
 def test_recent_files_are_bounded_newest_first() -> None:
     recent = touch_files({}, ["a", "b"], now_ms=10, limit=3)
     recent = touch_files(recent, ["c", "d"], now_ms=20, limit=3)
@@ -188,6 +204,7 @@ async def test_file_round_trip_matches_memory_md(tmp_path: Path) -> None:
     assert loaded.recent_files == {"src/auth.ts": 1234}
     assert loaded.completed == 1
     assert loaded.evidence == data["evidence"]
+    assert loaded.declared == {"react", "css"}  # the configured skills, not "auth"
 
 
 async def test_a_file_without_evidence_still_loads(tmp_path: Path) -> None:
