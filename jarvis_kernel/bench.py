@@ -4,7 +4,10 @@
 on one real redis-server with N worker processes per mode:
 
 - ``market``: this market, windows closing early once every eligible worker answered or
-  once the bids in hand decide the award (the early close on bounds);
+  once the bids in hand decide the award (the early close on bounds), each task announced
+  first to its likeliest winner alone (directed announcements);
+- ``broadcast``: the same, every announcement heard by every worker (no directed
+  announcements: the same-run baseline of that change);
 - ``waitall``: the same without the close on bounds (it waits for every eligible worker);
 - ``fixed``: the same with a fixed 0.5 s window (the original design);
 - ``fcfs``: plain first-come-first-served, workers ``BLMOVE``-ing from one shared list.
@@ -31,7 +34,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +66,7 @@ from .view import percentile
 
 __all__ = ["MODES", "run_auction_bench"]
 
-MODES = ("market", "waitall", "fixed", "fcfs")
+MODES = ("market", "broadcast", "waitall", "fixed", "fcfs")
 
 
 @contextlib.contextmanager
@@ -251,6 +255,7 @@ async def _phases(
     ns: str,
     light: int,
     heavy: int,
+    counts: Callable[[], Mapping[str, int]] | None = None,
 ) -> dict[str, Any]:
     """Light load (one task at a time, closed loop), then saturation (all at once)."""
     submitted_at: dict[str, float] = {}
@@ -260,14 +265,18 @@ async def _phases(
         for task in light_tasks:
             await submit(task, submitted_at)
             await wait({task.task_id})
+        light_counts = dict(counts()) if counts is not None else None
         for task in heavy_tasks:
             await submit(task, submitted_at)
         await wait({t.task_id for t in heavy_tasks})
     events = await _all_events(bus, keys)
-    return {
+    out = {
         "light": _figures(events, submitted_at, {t.task_id for t in light_tasks}),
         "saturated": _figures(events, submitted_at, {t.task_id for t in heavy_tasks}),
     }
+    if light_counts is not None:  # the market's counters (asked_later, ...)
+        out["light"]["counts"] = light_counts
+    return out
 
 
 async def _run_mode(url: str, mode: str, workers: int, tasks: int, task_s: float) -> dict[str, Any]:
@@ -291,7 +300,8 @@ async def _run_mode(url: str, mode: str, workers: int, tasks: int, task_s: float
         market = MarketConfig(
             window_s=0.5,
             early_close=mode != "fixed",
-            early_close_on_bounds=mode == "market",
+            early_close_on_bounds=mode in ("market", "broadcast"),
+            direct_announce=mode == "market",
             max_rounds=3,
             max_concurrent_auctions=256,
         )
@@ -304,7 +314,7 @@ async def _run_mode(url: str, mode: str, workers: int, tasks: int, task_s: float
         )
         async with Kernel.from_config(config) as kernel:
             await kernel.market.refresh_workers()
-            return await _phases(
+            result = await _phases(
                 lambda t, at: _submit_market(kernel, t, at),
                 _kernel_ends(kernel),
                 bus,
@@ -312,7 +322,12 @@ async def _run_mode(url: str, mode: str, workers: int, tasks: int, task_s: float
                 ns,
                 light,
                 tasks,
+                lambda: kernel.market.stats.counts,
             )
+            result["saturated"]["counts"] = dict(
+                kernel.market.stats.counts - Counter(result["light"]["counts"])
+            )
+            return result
     finally:
         _stop(procs)
         await bus.aclose()

@@ -62,6 +62,13 @@ class MarketConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Close a window before every eligible worker answered once the bids in hand decide it:
     the best beats the most each silent worker of this version could still bid (the rule is
     in docs/protocol.md). Needs `early_close`. Measured in benchmarks/RESULTS.md."""
+    direct_announce: bool = True
+    """Announce a task first only to the worker most likely to win it, among the workers
+    listening on their own channel (``directAnnounce``), and to the others only if its bid
+    does not decide the auction on bounds: one process woken per auction instead of every
+    worker. Needs `early_close_on_bounds`; applies to the first round of an auction that
+    would be awarded alone. The rule is in docs/protocol.md; measured in
+    benchmarks/RESULTS.md."""
     max_rounds: Positive = 3
     round_backoff_s: NonNegSeconds = 0.05
     max_concurrent_auctions: Positive = 256

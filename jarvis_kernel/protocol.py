@@ -104,7 +104,8 @@ class Assignment(Task, frozen=True, kw_only=True):
 
 
 class Announce(_Message, frozen=True, kw_only=True, tag_field="type", tag="announce"):
-    """Published on ``<ns>:market`` to open an auction round."""
+    """Published on ``<ns>:market`` (and ``<ns>:market:<workerId>``) to open an auction
+    round."""
 
     task_id: Id
     round: PositiveInt
@@ -150,6 +151,10 @@ class WorkerInfo(_Message, frozen=True, kw_only=True):
     worker of this version bids from its weights read optimistically by it (exploration,
     `market.scoring.optimistic_expertise`); the kernel's bounds read this (older is safe:
     less evidence, a larger bonus). Optional: none means the largest bonus."""
+    direct_announce: bool = False
+    """The worker listens for announcements on its own channel ``<ns>:market:<workerId>``
+    (and not on ``<ns>:market``): the kernel may then announce a task to it alone, first,
+    when its bid may decide the auction (docs/protocol.md, "Directed announcements")."""
 
 
 class Control(_Message, frozen=True, kw_only=True):
@@ -443,6 +448,10 @@ class Keys:
 
     def tasks_for(self, worker_id: str) -> str:
         return f"{self.namespace}:tasks:{worker_id}"
+
+    def market_for(self, worker_id: str) -> str:
+        """The announcement channel of a worker that registered with ``directAnnounce``."""
+        return f"{self.namespace}:market:{worker_id}"
 
     def processing(self, worker_id: str) -> str:
         return f"{self.namespace}:processing:{worker_id}"

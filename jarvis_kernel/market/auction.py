@@ -29,6 +29,7 @@ __all__ = [
     "award_batch",
     "bids_decide",
     "choose_winner",
+    "contenders",
     "free_capacity",
     "priority_key",
     "window_complete",
@@ -116,13 +117,22 @@ def bids_decide(
     0 (it must refuse) or no room cannot win. Then ``choose_winner(bids + later, free) ==
     best`` for any such later bids: closing now awards what waiting for them would.
     """
+    return not contenders(bids, silent, free)
+
+
+def contenders(
+    bids: Iterable[ReceivedBid], silent: Mapping[str, float], free: Mapping[str, int]
+) -> list[str]:
+    """The silent workers whose bid could still beat the bids in hand (see `bids_decide`),
+    in the order they should be asked: highest bound first, then the smaller id."""
     best = choose_winner(bids, free)
+    out = []
     for worker, bound in silent.items():
         if bound <= 0.0 or free.get(worker, 0) <= 0:
             continue
         if best is None or best.score < bound or (best.score == bound and best.load > 0):
-            return False
-    return True
+            out.append(worker)
+    return sorted(out, key=lambda w: (-silent[w], w))
 
 
 def free_capacity(

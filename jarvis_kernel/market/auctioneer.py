@@ -63,6 +63,7 @@ from .auction import (
     award_batch,
     bids_decide,
     choose_winner,
+    contenders,
     free_capacity,
     priority_key,
     window_complete,
@@ -143,6 +144,7 @@ class Auctioneer:
         self._capacity: dict[str, int] = {}
         self._load: dict[str, int] = {}
         self._alive: set[str] = set()
+        self._direct: set[str] = set()  # workers listening on their own announcement channel
         self._refresh_now = anyio.Event()
         self._seq = itertools.count()
         self._bid_seq = itertools.count()
@@ -219,18 +221,20 @@ class Auctioneer:
         alive_since = self.clock.time_ms() - round(self.liveness.dead_after_s * 1000)
         beats = await self.bus.zrangebyscore(self.keys.heartbeats, alive_since, float("inf"))
         loads = await self.bus.hgetall(self.keys.load)
-        capacity = {}
+        capacity, direct = {}, set()
         for worker_id, raw in infos.items():
             try:
                 info = decode(raw, WorkerInfo)
                 capacity[worker_id] = info.capacity
+                if info.direct_announce:
+                    direct.add(worker_id)
                 if self._bounds is not None:
                     self._bounds.observe_info(
                         worker_id, info.model, info.expertise, evidence=info.evidence
                     )
             except ProtocolError as exc:
                 await self._reject(f"{self.keys.workers}/{worker_id}", str(exc), raw)
-        self._capacity = capacity
+        self._capacity, self._direct = capacity, direct
         self._alive = {w for w, _ in beats if w in capacity}
         self._load = {w: int(v) for w, v in loads.items() if v.isdigit()}
         self._wake_dispatch()
@@ -412,7 +416,7 @@ class Auctioneer:
         first = record.round + 1
         last = first + self.market.max_rounds - 1
         for round_ in range(first, last + 1):
-            outcome = await self._round(record, raw, round_)
+            outcome = await self._round(record, raw, round_, directed=round_ == first)
             if outcome is None:
                 return False  # awarded, or the record changed under us
             record, raw = outcome
@@ -428,8 +432,10 @@ class Auctioneer:
         return False
 
     async def _round(
-        self, record: TaskRecord, raw: bytes, round_: int
+        self, record: TaskRecord, raw: bytes, round_: int, *, directed: bool = False
     ) -> tuple[TaskRecord, bytes] | None:
+        """Announce, collect, award one round. `directed`: the first round of an auction
+        run may be announced to the likeliest winner first (`_first_asked`)."""
         task = record.task
         free = self._free()
         eligible = {w for w in self._alive if free.get(w, 0) > 0}
@@ -447,7 +453,17 @@ class Auctioneer:
             closes_at_ms=closes_at_ms,
             eligible=sorted(eligible),
         )
-        tx.publish(self.keys.market, encode(announce))
+        auction = Auction(task, round_, eligible, deadline=0.0)
+        auction.announce = encode(announce)
+        auction.asked = self._first_asked(auction, directed=directed)
+        auction.held = (eligible & self._direct) - auction.asked
+        # A worker the kernel thinks full may have freed a slot since its last word: as on
+        # the shared channel, it hears the announcement and bids if it has room.
+        audience = auction.asked | ((self._alive & self._direct) - eligible)
+        self._ask_everyone_held()  # a joint award needs every bid of the open auctions
+        tx.publish(self.keys.market, auction.announce)
+        for worker in sorted(audience):
+            tx.publish(self.keys.market_for(worker), auction.announce)
         exempt = task.task_id in self._exempt
         if not exempt:  # announced only while not paused, also if the pause came after the
             tx.require(self.keys.paused, None)  # task left the queue (the Tx is atomic)
@@ -462,7 +478,6 @@ class Auctioneer:
                 closes_at_ms=closes_at_ms,
             ),
         )
-        auction = Auction(task, round_, eligible, deadline=0.0)
         self._auctions[task.task_id] = auction
         started = time.perf_counter()
         try:
@@ -505,8 +520,14 @@ class Auctioneer:
         auction.deadline = self.clock.monotonic() + self.market.window_s
         self._windows.add(auction)
         self._bounds_for(auction)  # while the workers compute their bids
+        if self._decided_on_bounds(auction):  # nobody asked can win (every bound 0)
+            auction.close(on_bounds=True)
         while True:
             await auction.done.wait()
+            if auction.widen and not self._draining and not auction.expired:
+                if not await self._ask_more(auction):
+                    return
+                continue
             if not auction.on_bounds or self._draining:
                 return
             if window_complete(auction.eligible, auction.answered):
@@ -517,6 +538,91 @@ class Auctioneer:
             auction.reopen()
             if auction.expired:
                 return
+
+    def _awarded_alone(self) -> bool:
+        """Would an auction closing now be awarded alone (no joint award with others)?"""
+        return self.market.joint_award_s <= 0 or (not self._auctions and not self._batch)
+
+    def _first_asked(self, auction: Auction, *, directed: bool) -> set[str]:
+        """The eligible workers on their own channel to announce `auction` to now.
+
+        All of them, unless the auction may close on bounds: then the one with the highest
+        bound (then the lower load ratio, then the smaller id), and every one not bounded
+        yet. The others are asked only if the bids in hand do not decide the award
+        (`_on_bid`), so the award is the one announcing to all would give.
+        """
+        direct = auction.eligible & self._direct
+        market = self.market
+        if not (
+            directed
+            and direct
+            and market.direct_announce
+            and market.early_close
+            and market.early_close_on_bounds
+            and self._bounds is not None
+            and self._awarded_alone()
+        ):
+            return direct
+        bounds = self._bounds_for(auction)
+        unbounded = {w for w in direct if bounds.get(w, NO_BOUND) >= NO_BOUND}
+        bounded = [w for w in direct - unbounded if bounds[w] > 0.0]
+        if not bounded:
+            return unbounded
+        capacity, load = self._capacity, self._load
+
+        def rank(w: str) -> tuple[float, float, str]:
+            return (-bounds[w], load.get(w, 0) / max(1, capacity.get(w, 1)), w)
+
+        return unbounded | {min(bounded, key=rank)}
+
+    def _ask_everyone_held(self) -> None:
+        """Another auction opens: with the joint award on, those open ask everyone now."""
+        if self.market.joint_award_s <= 0:
+            return
+        for auction in self._auctions.values():
+            if auction.held and not auction.widen:
+                auction.ask_more(sorted(auction.held))
+
+    async def _ask_more(self, auction: Auction) -> bool:
+        """Announce `auction` to the workers in `auction.widen`; False when it is decided."""
+        ask, auction.widen = auction.widen, []
+        ask = [w for w in ask if w in auction.held]
+        if ask:
+            auction.held.difference_update(ask)
+            auction.asked.update(ask)
+            tx = Tx()
+            for worker in ask:
+                tx.publish(self.keys.market_for(worker), auction.announce)
+            if auction.task_id not in self._exempt:
+                tx.require(self.keys.paused, None)
+            self.stats.counts["asked_later"] += len(ask)
+            if not await self.bus.execute(tx):  # paused meanwhile: award on what it has
+                return False
+        if window_complete(auction.eligible, auction.answered):
+            auction.on_bounds = False
+            return False
+        if self._decided_on_bounds(auction):
+            auction.on_bounds = True
+            return False
+        if auction.expired or self._draining:
+            return False
+        auction.reopen()
+        if auction.widen:  # asked for again by a bid that came in meanwhile
+            auction.done.set()
+        else:
+            self._maybe_ask_more(auction)
+        return True
+
+    def _maybe_ask_more(self, auction: Auction) -> None:
+        """Every worker asked has answered and the award is not decided: ask those held back
+        whose bid could still change it."""
+        if not auction.held or auction.widen or not auction.asked <= auction.answered:
+            return
+        bounds = self._bounds_for(auction)
+        silent = {w: bounds.get(w, NO_BOUND) for w in auction.held}
+        ask = contenders(auction.bids, silent, self._free())
+        if ask:
+            auction.ask_more(ask)
 
     def _bounds_for(self, auction: Auction) -> dict[str, float]:
         """The most each eligible worker could bid in `auction` (kept until the book changes)."""
@@ -691,6 +797,8 @@ class Auctioneer:
             auction.close()
         elif self._decided_on_bounds(auction):
             auction.close(on_bounds=True)
+        else:
+            self._maybe_ask_more(auction)
 
     def _check_bound(self, auction: Auction, bid: Bid) -> None:
         """Count (and stop bounding) a worker whose bid beat its bound: it must not happen."""

@@ -1,7 +1,8 @@
 """The auctions' windows: what each open auction has received, and one timer for all of them.
 
 An `Auction` is closed (`Auction.close`) by the bid that completes it, by the bid that
-decides it on bounds, by a drain, or by the `WindowTimer` at its deadline. One timer task
+decides it on bounds, by a drain, or by the `WindowTimer` at its deadline; its owner is also
+woken (`Auction.ask_more`) to announce it to workers held back so far. One timer task
 serves every open window, so that waiting for a window costs an `anyio.Event`, not a task
 and a cancel scope per auction.
 """
@@ -25,7 +26,9 @@ class Auction:
     """One round of one task's auction, while its window is open."""
 
     __slots__ = (
+        "announce",
         "answered",
+        "asked",
         "bids",
         "bounds",
         "bounds_gen",
@@ -33,10 +36,12 @@ class Auction:
         "done",
         "eligible",
         "expired",
+        "held",
         "on_bounds",
         "round",
         "task",
         "task_id",
+        "widen",
     )
 
     def __init__(self, task: Task, round_: int, eligible: set[str], deadline: float) -> None:
@@ -49,9 +54,20 @@ class Auction:
         self.expired = False
         self.bounds: dict[str, float] = {}  # silent worker -> the most it could bid
         self.bounds_gen = -1  # `BoundBook.generation` the bounds were computed at
+        # Directed announcements: the eligible workers on their own channel that were
+        # announced to, those held back (not yet), and those to announce to next.
+        self.announce = b""
+        self.asked: set[str] = set()
+        self.held: set[str] = set()
+        self.widen: list[str] = []
 
     def close(self, *, on_bounds: bool = False) -> None:
         self.on_bounds = on_bounds
+        self.done.set()
+
+    def ask_more(self, workers: list[str]) -> None:
+        """Wake the auction's owner to announce to `workers`, held back so far."""
+        self.widen = workers
         self.done.set()
 
     def reopen(self) -> None:

@@ -222,7 +222,9 @@ class WorkerAgent:
         if error is not None:
             self.note_error(None, "memory.format", str(error))
         keys = self._keys
-        async with self._bus.subscribe([keys.market, keys.control(self.worker_id)]) as sub:
+        # Announcements come on this worker's own channel (`WorkerInfo.direct_announce`).
+        channels = [keys.market_for(self.worker_id), keys.control(self.worker_id)]
+        async with self._bus.subscribe(channels) as sub:
             await self._register()
             self.registered.set()
             task_status.started()
@@ -288,6 +290,7 @@ class WorkerAgent:
             evidence={k: v for k, v in self.memory.evidence.items() if v > 0.0},
             capacity=self.spec.capacity,
             version=__version__,
+            direct_announce=True,
         )
 
     async def publish_info(self) -> None:
@@ -335,7 +338,7 @@ class WorkerAgent:
     async def _listen(self, sub: Subscription) -> None:
         control = self._keys.control(self.worker_id)
         async for message in sub:
-            if message.channel == self._keys.market:
+            if message.channel != control:
                 await self._on_announce(message)
             elif message.channel == control:
                 await self._on_control(message)

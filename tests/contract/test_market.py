@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import anyio
+import anyio.abc
 import pytest
 
-from jarvis_kernel.config import Config, LibrarianConfig, MarketConfig
+from jarvis_kernel.config import (
+    Config,
+    LibrarianConfig,
+    LivenessConfig,
+    MarketConfig,
+    WorkerConfig,
+)
 from jarvis_kernel.kernel import Kernel
 from jarvis_kernel.market.auctioneer import DuplicateTask
 from jarvis_kernel.protocol import (
@@ -18,6 +27,8 @@ from jarvis_kernel.protocol import (
     decode,
     decode_event,
 )
+from jarvis_kernel.worker.agent import WorkerAgent
+from jarvis_kernel.worker.executors import Completed, ExecutionContext, Outcome
 from tests.support.workers import ScriptedWorker
 
 from .conftest import BusHarness
@@ -209,3 +220,67 @@ async def test_auctions_closing_together_are_awarded_jointly(
                 tg.cancel_scope.cancel()
         assert ended["t-1"] + ended["t-2"] == expected  # type: ignore[operator]
         assert len(await events_of(kernel, "TaskAssigned")) == 2
+
+
+class _Instant:
+    """An executor that completes every task at once."""
+
+    async def run(self, task: Assignment, ctx: ExecutionContext) -> Outcome:
+        return Completed(result=None, token_usage=1)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+async def test_directed_announcements_wake_only_the_likeliest_winner(
+    harness: BusHarness, direct: bool
+) -> None:
+    """Real `WorkerAgent`s on their own channels: once every worker has bid (and so is
+    bounded), each task is announced to the likeliest winner alone, and its bid decides it."""
+    weights = {"w-low": 0.3, "w-best": 0.9, "w-mid": 0.5}
+    heard: Counter[str] = Counter()
+    async with open_kernel(harness, joint_award_s=0.0, direct_announce=direct) as kernel:
+        bus, keys = kernel.bus, kernel.keys
+        agents = [
+            WorkerAgent(
+                WorkerConfig(id=worker_id, expertise={"react": weight}),
+                bus=bus,
+                keys=keys,
+                clock=kernel.clock,
+                scoring=kernel.config.scoring,
+                liveness=LivenessConfig(heartbeat_s=1000.0, dead_after_s=3000.0),
+                memory_dir=None,
+                executor=_Instant(),
+                poll_s=0.01,
+            )
+            for worker_id, weight in weights.items()
+        ]
+        channels = [keys.market_for(w) for w in weights]
+
+        async def listen(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            async with bus.subscribe(channels) as sub:
+                task_status.started()
+                async for message in sub:
+                    heard[message.channel.rsplit(":", 1)[1]] += 1
+                    heard["end"] += message.data == b"end"
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                await tg.start(listen)
+                for agent in agents:
+                    await tg.start(agent.run)
+                await kernel.market.refresh_workers()
+                for n in range(4):  # one at a time, as the light phase of the benchmark
+                    task = Task(task_id=f"t-{n}", required_skills=["react"])
+                    ended = await kernel.run_tasks([task])
+                    assert ended[task.task_id].worker_id == "w-best"
+                for channel in channels:  # in order after every announcement
+                    await bus.publish(channel, b"end")
+                while heard["end"] < len(channels):
+                    await harness.settle()
+                tg.cancel_scope.cancel()
+    # The first auction asks everyone (nobody is bounded before its first bid); then only the
+    # likeliest winner hears of each task, and its bid decides it.
+    if direct:
+        assert (heard["w-best"], heard["w-mid"], heard["w-low"]) == (5, 2, 2)
+    else:
+        assert (heard["w-best"], heard["w-mid"], heard["w-low"]) == (5, 5, 5)
+    assert kernel.stats()["counts"].get("asked_later", 0) == 0

@@ -43,6 +43,7 @@ from jarvis_kernel.worker.executors import Completed, ExecutionContext, Failed, 
 from .conftest import BusHarness
 
 KEYS = Keys("jt")
+MARKET = KEYS.market_for("w1")  # a worker of this version hears announcements there
 LIVENESS = LivenessConfig(heartbeat_s=0.1, dead_after_s=0.3)
 SCORING = ScoringConfig()
 STEP_S = 0.05
@@ -189,7 +190,7 @@ async def test_bids_on_announce_once_per_round(world: World) -> None:
     ):
         bids = sub.__aiter__()
         announce = world.announce("t1", required_skills=["react"], complexity=0.4)
-        await world.bus.publish(KEYS.market, encode(announce))
+        await world.bus.publish(MARKET, encode(announce))
         bid = await next_bid(bids)
         expected = bid_score(
             announce,
@@ -203,14 +204,14 @@ async def test_bids_on_announce_once_per_round(world: World) -> None:
         assert bid.score == pytest.approx(expected)
         assert (bid.model, bid.load, bid.capacity) == ("gemini:flash", 0, 1)
 
-        await world.bus.publish(KEYS.market, encode(announce))  # the same round: no answer
+        await world.bus.publish(MARKET, encode(announce))  # the same round: no answer
         closed = Announce(task_id="t9", round=1, closes_at_ms=world.clock.time_ms() - 1)
-        await world.bus.publish(KEYS.market, encode(closed))  # already closed: no answer
+        await world.bus.publish(MARKET, encode(closed))  # already closed: no answer
         wrong_model = world.announce("t2", required_model="gemini:pro")
-        await world.bus.publish(KEYS.market, encode(wrong_model))
+        await world.bus.publish(MARKET, encode(wrong_model))
         bid = await next_bid(bids)
         assert (bid.task_id, bid.score) == ("t2", 0.0)
-        await world.bus.publish(KEYS.market, encode(world.announce("t1", round_=2)))
+        await world.bus.publish(MARKET, encode(world.announce("t1", round_=2)))
         bid = await next_bid(bids)
         assert (bid.task_id, bid.round) == ("t1", 2)
         assert bid.score > 0
@@ -225,12 +226,12 @@ async def test_full_worker_refuses(world: World) -> None:
         bids = sub.__aiter__()
         await world.push(Assignment(task_id="t1"))
         await world.wait_event("task.started")
-        await world.bus.publish(KEYS.market, encode(world.announce("t2")))
+        await world.bus.publish(MARKET, encode(world.announce("t2")))
         bid = await next_bid(bids)
         assert (bid.task_id, bid.score, bid.load) == ("t2", 0.0, 1)
         world.executor.release("t1")
         await world.wait_event("task.completed")
-        await world.bus.publish(KEYS.market, encode(world.announce("t3")))
+        await world.bus.publish(MARKET, encode(world.announce("t3")))
         assert (await next_bid(bids)).score > 0
 
 
@@ -240,16 +241,16 @@ async def test_malformed_announce_is_dead_lettered(world: World) -> None:
         world.bus.subscribe(patterns=[KEYS.bids_pattern]) as sub,
         running(agent),
     ):
-        await world.bus.publish(KEYS.market, b"{not json")
+        await world.bus.publish(MARKET, b"{not json")
         bad = {"type": "announce", "taskId": "t1", "round": 0, "closesAtMs": 1}
-        await world.bus.publish(KEYS.market, json.dumps(bad))
-        await world.bus.publish(KEYS.market, encode(world.announce("t2")))
+        await world.bus.publish(MARKET, json.dumps(bad))
+        await world.bus.publish(MARKET, encode(world.announce("t2")))
         bid = await next_bid(sub.__aiter__())
         assert bid.task_id == "t2"
         rejected = await world.wait_event("message.rejected", 2)
     letters = [decode(raw, DeadLetter) for raw in await world.bus.lrange(KEYS.deadletter, 0, -1)]
     assert sorted(letter.raw for letter in letters) == sorted(["{not json", json.dumps(bad)])
-    assert all(letter.source == KEYS.market for letter in letters)
+    assert all(letter.source == MARKET for letter in letters)
     assert "$.round" in letters[0].error + letters[1].error
     assert len(rejected) == 2
 
@@ -397,7 +398,7 @@ async def test_pause_resume_and_dump(world: World) -> None:
         bids = sub.__aiter__()
         await world.control("pause")
         await world.until(lambda: _true(agent.paused))
-        await world.bus.publish(KEYS.market, encode(world.announce("t0")))
+        await world.bus.publish(MARKET, encode(world.announce("t0")))
         assert (await next_bid(bids)).score == 0.0
         await world.push(Assignment(task_id="t1"))
         for _ in range(4):
@@ -453,9 +454,9 @@ async def test_a_swarm_pause_lets_its_exempt_task_through(world: World) -> None:
         # Paused again with t-rca exempt, unknown to the worker: its bid reads the key anew.
         pause = PauseInfo(reason="rca", by="guardian", exempt_task_ids=("t-rca",))
         await world.bus.set(KEYS.paused, encode(pause))
-        await world.bus.publish(KEYS.market, encode(world.announce("t-other")))
+        await world.bus.publish(MARKET, encode(world.announce("t-other")))
         assert (await next_bid(bids)).score == 0.0
-        await world.bus.publish(KEYS.market, encode(world.announce("t-rca")))
+        await world.bus.publish(MARKET, encode(world.announce("t-rca")))
         assert (await next_bid(bids)).score > 0.0
         assert agent.pause_info == pause
         await world.push(Assignment(task_id="t-late"))  # not exempt: taken, not started
@@ -491,7 +492,7 @@ async def test_stop_drains_the_task_in_hand(world: World) -> None:
         await world.push(Assignment(task_id="t1"))
         await world.wait_event("task.started")
         agent.request_stop()
-        await world.bus.publish(KEYS.market, encode(world.announce("t2")))
+        await world.bus.publish(MARKET, encode(world.announce("t2")))
         assert (await next_bid(sub.__aiter__())).score == 0.0  # still answers, refusing
         await world.push(Assignment(task_id="t3"))
         for _ in range(3):

@@ -530,7 +530,7 @@ async def test_a_full_worker_not_waited_for_stays_silent() -> None:
             closes_at_ms=clock.time_ms() + 60_000,
             eligible=eligible,
         )
-        await bus.publish(keys.market, encode(announce))
+        await bus.publish(keys.market_for("w1"), encode(announce))
         await _settle()
         await clock.advance(0.01)
         await _settle()
