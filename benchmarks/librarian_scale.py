@@ -182,11 +182,11 @@ def dense_agreement(lib: Librarian, queries: list[str], mode: Mode) -> float:
     agree = []
     for q in queries:
         vec = ranker.query_vector(q, model)
-        exact = slots.full @ vec
-        boost = ranker._boost(vec, model)
+        exact = slots.full[: slots.used] @ vec
+        boost = ranker._boost(vec, model, slots)
         if boost is not None:
             exact += boost
-        exact[slots.code < 0] = -np.inf
+        exact[slots.code[: slots.used] < 0] = -np.inf
         threshold = float(np.sort(exact)[-20]) - 1e-5
         got = ranker.rank(lib._index, q, 20, (None, False), model)
         agree.append(sum(row.rank >= threshold for row in got) / 20)

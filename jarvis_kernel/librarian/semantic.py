@@ -60,7 +60,11 @@ class _Project(msgspec.Struct):
 
 
 class _Slots:
-    """Pattern vectors in growable arrays; a freed slot is reused by the next pattern."""
+    """Pattern vectors in growable arrays; a freed slot is reused by the next pattern.
+
+    Slots ``[0, used)`` have been handed out (live, or freed and waiting for reuse); the
+    rest is room to grow, never scanned by a query.
+    """
 
     def __init__(self, low_dims: int = LOW_DIMS) -> None:
         import numpy as np
@@ -70,26 +74,36 @@ class _Slots:
         self.low: Matrix = np.zeros((0, low_dims), dtype=np.float32)
         self.rowid: Matrix = np.zeros(0, dtype=np.int64)
         self.code: Matrix = np.zeros(0, dtype=np.int32)  # project code, -1: free
+        self.used = 0
         self.free: list[int] = []
         self.projects: dict[str, _Project] = {}
         self.codes: dict[str, int] = {}
         self.members: list[Matrix] = []
 
-    def alloc(self, n: int) -> Matrix:
+    def reserve(self, n: int) -> None:
+        """Room for `n` more slots, exactly (a full load: no growth, no copies)."""
+        self._grow(self.used + n - len(self.code))
+
+    def _grow(self, more: int) -> None:
         np = self._np
+        if more <= 0:
+            return
+        self.full = np.concatenate([self.full, np.zeros((more, DIMS), self.full.dtype)])
+        self.low = np.concatenate([self.low, np.zeros((more, self.low.shape[1]), np.float32)])
+        self.rowid = np.concatenate([self.rowid, np.zeros(more, np.int64)])
+        self.code = np.concatenate([self.code, np.full(more, -1, np.int32)])
+
+    def alloc(self, n: int) -> Matrix:
         take = self.free[-n:] if n else []
         del self.free[len(self.free) - len(take) :]
         extra = n - len(take)
         if extra:
-            size = len(self.code)
-            grow = max(extra, size // 2, 64)
-            self.full = np.concatenate([self.full, np.zeros((grow, DIMS), self.full.dtype)])
-            self.low = np.concatenate([self.low, np.zeros((grow, self.low.shape[1]), np.float32)])
-            self.rowid = np.concatenate([self.rowid, np.zeros(grow, np.int64)])
-            self.code = np.concatenate([self.code, np.full(grow, -1, np.int32)])
-            self.free.extend(range(size + grow - 1, size + extra - 1, -1))
-            take = [*take, *range(size, size + extra)]
-        return np.asarray(take, dtype=np.int64)  # type: ignore[no-any-return]
+            start, end = self.used, self.used + extra
+            if end > len(self.code):  # grow by half at least: adding projects stays cheap
+                self._grow(max(end - len(self.code), len(self.code) // 2, 64))
+            take = [*take, *range(start, end)]
+            self.used = end
+        return self._np.asarray(take, dtype=self._np.int64)
 
     def drop(self, project: str) -> None:
         old = self.projects.pop(project, None)
@@ -110,6 +124,17 @@ class _Slots:
         pairs = pairs[np.argsort(pairs[:, 1], kind="stable")]
         bounds = np.searchsorted(pairs[:, 1], np.arange(entries + 1))
         self.members = [pairs[bounds[e] : bounds[e + 1], 0] for e in range(entries)]
+
+
+def _dot(a: Matrix, b: Matrix) -> Matrix:
+    """``a @ b`` (a matrix and a vector, or a vector and a matrix) in numpy's own loop, on
+    this thread only. Not BLAS: OpenBLAS splits the product over every core and its threads
+    spin while they wait for one; on a small machine with other work (the keyword query,
+    other processes) that made the 2 ms product of a query with every pattern take 8-28 ms
+    (benchmarks/RESULTS.md). Index time keeps BLAS (matrix products, faster there)."""
+    import numpy as np
+
+    return np.einsum("ij,j->i" if a.ndim == 2 else "j,jk->k", a, b)  # type: ignore[no-any-return]
 
 
 def _top(scores: Matrix, k: int) -> Matrix:
@@ -152,12 +177,15 @@ class SemanticRanker:
     def sync(self, index: PatternIndex) -> int:
         """Bring the pattern vectors up to date with `index`; how many were computed."""
         touched = index.take_touched()
-        if not self._loaded or touched is None:
+        reload = not self._loaded or touched is None
+        if reload:
             self.table.add(index.get_words())
             self._slots = _Slots(self.table.projection.shape[1])
             touched = set(index.states())
             self._loaded = True
-        texts = {project: index.doc_texts(project) for project in sorted(touched)}
+        texts = {project: index.doc_texts(project) for project in sorted(touched or ())}
+        if reload:  # every vector at once: arrays of the right size from the start
+            self._slots.reserve(sum(len(rows) for rows in texts.values()))
         # words new to the table: through the model in one batch, and stored
         fresh = self.table.encode_missing(
             pattern_text(r[1], r[2], r[3], r[4].split()) for rows in texts.values() for r in rows
@@ -235,25 +263,75 @@ class SemanticRanker:
             self._gloss_vecs[model] = vecs
         return vecs
 
-    def _boost(self, query: Matrix, model: QueryModel) -> Matrix | None:
-        """Per slot: the glossary step's addition (None when no entry is close)."""
+    def _boost(self, query: Matrix, model: QueryModel, slots: _Slots) -> Matrix | None:
+        """Per used slot: the glossary step's addition (None when no entry is close)."""
         np = self._np
-        slots = self._slots
         glosses = self._glosses(model)
         if not len(glosses) or not slots.members:
             return None
         weight, temperature = _GLOSS_STEP[model]
-        near = glosses @ query
+        near = _dot(glosses, query)
         share = np.exp((near - near.max()) / temperature)
         share /= share.sum()
         chosen = np.flatnonzero(share > _GLOSS_FLOOR)
         chosen = chosen[np.argsort(-share[chosen])[:_GLOSS_MAX]]
-        boost = np.zeros(len(slots.code), dtype=np.float32)
+        boost = np.zeros(slots.used, dtype=np.float32)
         for entry in chosen:
             members = slots.members[entry]
             if len(members):
                 boost[members] += weight * share[entry]
         return boost  # type: ignore[no-any-return]
+
+    def nearest(
+        self,
+        text: str,
+        limit: int,
+        scope: tuple[str | None, bool],
+        model: QueryModel = "static",
+    ) -> tuple[Matrix, Matrix]:
+        """Slots of the `limit` live patterns closest to `text` (its vector by `model`)
+        within `scope` (project, exclude), best first, and their scores.
+
+        Vectors only, no index: may run in another thread while the index answers the
+        keyword side of the same query (numpy releases the GIL).
+        """
+        np = self._np
+        slots = self._slots  # once: a full reload replaces it
+        used = slots.used
+        query = self.query_vector(text, model)
+        if not slots.projects or not np.any(query):
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        code = slots.code[:used]
+        scores = _dot(slots.low[:used], _dot(query, self.table.projection))
+        boost = self._boost(query, model, slots)
+        if boost is not None:
+            scores += boost
+        project, exclude = scope
+        if project is not None:
+            mine = slots.codes.get(project, -2)
+            keep = (code != mine) if exclude else (code == mine)
+            scores = np.where(keep, scores, -np.inf)
+        found = _top(scores, max(_CANDIDATES, limit))
+        found = found[code[found] >= 0]  # free slots score 0: never kept
+        exact = _dot(np.take(slots.full, found, axis=0), query)
+        if boost is not None:
+            exact += boost[found]
+        if len(found) > limit:
+            part = np.argpartition(-exact, limit)[:limit]
+            found, exact = found[part], exact[part]
+        order = np.argsort(-exact, kind="stable")
+        return found[order], exact[order]
+
+    def rows(self, index: PatternIndex, found: Matrix, scores: Matrix) -> list[DocRow]:
+        """The index's rows of the slots `found` (from `nearest`), scored, in order."""
+        rowids = self._slots.rowid[found].tolist()
+        rows = index.docs_by_rowid(rowids)
+        out = []
+        for rowid, score in zip(rowids, scores.tolist(), strict=True):
+            row = rows.get(rowid)
+            if row is not None:
+                out.append(msgspec.structs.replace(row, rank=float(score)))
+        return out
 
     def rank(
         self,
@@ -264,35 +342,5 @@ class SemanticRanker:
         model: QueryModel = "static",
     ) -> list[DocRow]:
         """The `limit` live patterns closest to `text` (its vector by `model`), within
-        `scope` (project, exclude)."""
-        np = self._np
-        slots = self._slots
-        query = self.query_vector(text, model)
-        if not slots.projects or not np.any(query):
-            return []
-        scores = slots.low @ (query @ self.table.projection)
-        boost = self._boost(query, model)
-        if boost is not None:
-            scores += boost
-        project, exclude = scope
-        if project is not None:
-            code = slots.codes.get(project, -2)
-            keep = (slots.code != code) if exclude else (slots.code == code)
-            scores = np.where(keep, scores, -np.inf)
-        found = _top(scores, max(_CANDIDATES, limit))
-        found = found[slots.code[found] >= 0]  # free slots score 0: never kept
-        exact = slots.full[found] @ query
-        if boost is not None:
-            exact += boost[found]
-        if len(found) > limit:
-            part = np.argpartition(-exact, limit)[:limit]
-            found, exact = found[part], exact[part]
-        best = found[np.argsort(-exact, kind="stable")]
-        exact_of = dict(zip(found.tolist(), exact.tolist(), strict=True))
-        rows = index.docs_by_rowid([int(slots.rowid[i]) for i in best])
-        out = []
-        for i in best.tolist():
-            row = rows.get(int(slots.rowid[i]))
-            if row is not None:
-                out.append(msgspec.structs.replace(row, rank=float(exact_of[i])))
-        return out
+        `scope` (project, exclude): `nearest`, then `rows`."""
+        return self.rows(index, *self.nearest(text, limit, scope, model))

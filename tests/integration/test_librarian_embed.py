@@ -17,7 +17,7 @@ from jarvis_kernel.fsutil import atomic_write_parts
 from jarvis_kernel.librarian import embed
 from jarvis_kernel.librarian.formats import Pattern, Source
 from jarvis_kernel.librarian.index import PatternIndex
-from jarvis_kernel.librarian.semantic import SemanticRanker, _Slots, _top
+from jarvis_kernel.librarian.semantic import SemanticRanker, _dot, _Slots, _top
 from jarvis_kernel.librarian.static import WordTable, default_table_path
 from jarvis_kernel.librarian.store import Librarian
 from jarvis_kernel.librarian.taxonomy import Glossary, GlossEntry, Taxonomy, TaxonomyData
@@ -135,6 +135,24 @@ def test_slots_are_reused_after_a_project_is_dropped() -> None:
     again = slots.alloc(3)
     assert sorted(again.tolist()) == sorted(first.tolist())
     assert len(set(slots.alloc(100).tolist()) & set(again.tolist())) == 0
+    assert slots.used == 103 and len(slots.code) >= 103
+
+
+def test_slots_are_sized_exactly_for_a_full_load_and_grow_by_half_after() -> None:
+    slots = _Slots(4)
+    slots.reserve(1000)
+    assert slots.alloc(1000).tolist() == list(range(1000))
+    assert len(slots.code) == slots.used == 1000  # no slack for a query to scan
+    slots.alloc(1)
+    assert slots.used == 1001 and len(slots.code) == 1500
+
+
+def test_products_without_blas_match_numpy() -> None:
+    rng = np.random.default_rng(1)
+    matrix = rng.standard_normal((50, 8)).astype(np.float32)
+    vec = rng.standard_normal(8).astype(np.float32)
+    assert np.allclose(_dot(matrix, vec), matrix @ vec, atol=1e-5)
+    assert np.allclose(_dot(vec, matrix.T), vec @ matrix.T, atol=1e-5)
 
 
 def _pattern(project: str, path: str, description: str) -> Pattern:
@@ -161,9 +179,13 @@ def test_ranker_follows_the_index_project_by_project(tmp_path: Path) -> None:
         index.replace_project("zoo", [_pattern("zoo", "a.txt", "cat and kitten")], state)
         index.replace_project("garage", [_pattern("garage", "b.txt", "car truck road")], state)
     assert ranker.sync(index) == 2
+    assert len(ranker._slots.code) == 2  # a full load: arrays of the right size
     assert ranker.sync(index) == 0  # nothing touched since
     top = ranker.rank(index, "kitten", 2, (None, False))
     assert [r.project for r in top] == ["zoo", "garage"]
+    found, scores = ranker.nearest("kitten", 2, (None, False))
+    assert scores.tolist() == sorted(scores.tolist(), reverse=True)
+    assert [r.rank for r in ranker.rows(index, found, scores)] == [r.rank for r in top]
     assert [r.project for r in ranker.rank(index, "kitten", 2, ("zoo", True))] == ["garage"]
     with index.transaction():
         index.replace_project("zoo", [_pattern("zoo", "c.txt", "truck")], state)
