@@ -23,6 +23,7 @@ A project id named in the query ("... in atelier-sam") scopes the search to it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Collection, Sequence
 from typing import Literal
@@ -36,8 +37,9 @@ from .text import stem, tokens, words
 __all__ = ["DEFAULT_WEIGHTS", "Hit", "Mode", "QueryPlan", "plan_query", "rrf", "run_search"]
 
 Mode = Literal["keyword", "expanded", "fused", "semantic", "static"]
-# (limit, (project, exclude)) -> the patterns nearest the query by embedding
-Dense = Callable[[int, tuple[str | None, bool]], list[DocRow]]
+# (limit, (project, exclude)) -> started: a call that returns the patterns nearest the
+# query by embedding, computed meanwhile (the keyword list is fetched in between)
+Dense = Callable[[int, tuple[str | None, bool]], Callable[[], list[DocRow]]]
 
 # bm25 weights of the columns name, tags (and capabilities), description, path, symbols and
 # gloss (what the technical terms a pattern mentions mean: taxonomy.Glossary).
@@ -146,6 +148,20 @@ def rrf(
     return [msgspec.structs.replace(rows[key], rank=scores[key]) for key in best]
 
 
+def _alongside(
+    keyword: Callable[[], list[DocRow]], dense: Callable[[], list[DocRow]]
+) -> list[list[DocRow]]:
+    """[the keyword list, the dense list]: the first fetched while the second is computed
+    (started before); the dense one is always waited for, even when the first fails."""
+    try:
+        first = keyword()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            dense()
+        raise
+    return [first, dense()]
+
+
 def _ranked(
     index: PatternIndex,
     plan: QueryPlan,
@@ -180,10 +196,10 @@ def _ranked(
         return ranked(True, limit)
     depth = max(limit * 4, 20)
     if mode == "semantic" and dense is not None:
-        return rrf([every_word(depth), dense(depth, scope)], limit)
+        return rrf(_alongside(lambda: every_word(depth), dense(depth, scope)), limit)
     if mode == "static" and dense is not None:
         k, shares = _STATIC_RRF
-        return rrf([ranked(True, depth), dense(depth, scope)], limit, k, shares)
+        return rrf(_alongside(lambda: ranked(True, depth), dense(depth, scope)), limit, k, shares)
     first = ranked(False, depth) if plan.terms else []
     return rrf([first, ranked(True, depth)], limit)
 

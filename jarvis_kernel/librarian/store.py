@@ -14,7 +14,8 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -26,7 +27,7 @@ from ..fsutil import atomic_write, atomic_write_parts, locked
 from . import formats
 from .embed import Embedder, EmbedUnavailable
 from .formats import Pattern, Project, Source
-from .index import PatternIndex, ProjectState
+from .index import DocRow, PatternIndex, ProjectState
 from .patterns import extract_patterns, iso_from_ms, ms_from_iso, reconcile
 from .search import Dense, Hit, Mode, plan_query, run_search
 from .semantic import QueryModel, SemanticRanker
@@ -123,6 +124,8 @@ class Librarian:
         self._last_stamp: str | None = None
         # the dense modes' ranker: None until first wanted, False when unavailable
         self._semantic: SemanticRanker | bool | None = None
+        # one thread for the dense modes' vector pass, alongside the keyword query
+        self._pool: ThreadPoolExecutor | None = None
         if self.config.search_mode in _DENSE_MODES:
             self._ranker()
 
@@ -133,6 +136,9 @@ class Librarian:
         return cls(memory_dir or config.memory_dir, config=config.librarian, clock=clock)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self._index.close()
 
     # -- building
@@ -401,7 +407,17 @@ class Librarian:
             return None
         index = self._index
         model: QueryModel = "model" if mode == "semantic" else "static"
-        return lambda depth, scope: ranker.rank(index, query, depth, scope, model)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="librarian-dense")
+        pool = self._pool
+
+        def start(depth: int, scope: tuple[str | None, bool]) -> Callable[[], list[DocRow]]:
+            # the vectors' pass on the pool's thread while this one asks SQLite for the
+            # keyword list (both release the GIL); the rows are read here, after
+            nearest = pool.submit(ranker.nearest, query, depth, scope, model)
+            return lambda: ranker.rows(index, *nearest.result())
+
+        return start
 
     def _ensure_fresh(self) -> None:
         stamp = _stamp(self.patterns_path)

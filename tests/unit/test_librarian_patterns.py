@@ -195,3 +195,25 @@ def test_rrf_prefers_items_ranked_well_in_both_lists() -> None:
 
     fused = rrf([[row("a"), row("b"), row("c")], [row("b"), row("c"), row("a")]], 2)
     assert [r.name for r in fused] == ["b", "a"]
+
+
+def test_the_dense_list_is_waited_for_even_when_the_keyword_list_fails() -> None:
+    from jarvis_kernel.librarian.search import _alongside
+
+    collected: list[str] = []
+
+    def dense() -> list[DocRow]:
+        collected.append("dense")
+        return [DocRow("p", "d", "", "d", [], 0.0)]
+
+    def keyword() -> list[DocRow]:
+        return [DocRow("p", "k", "", "k", [], 0.0)]
+
+    assert [[r.name for r in rows] for rows in _alongside(keyword, dense)] == [["k"], ["d"]]
+
+    def broken() -> list[DocRow]:
+        raise RuntimeError("database is locked")
+
+    with pytest.raises(RuntimeError, match="locked"):
+        _alongside(broken, dense)
+    assert collected == ["dense", "dense"]  # never left running past the search
