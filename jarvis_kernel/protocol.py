@@ -136,6 +136,11 @@ class Bid(_Message, frozen=True, kw_only=True):
     scoring: str | None = None
     """How the worker scores (`market.bounds.scoring_id`), sent by workers of this version;
     the kernel bounds the bids of silent workers only when it equals its own."""
+    weights: dict[Skill, Unit] | None = None
+    """The weights this bid was scored from, for the announced task's required skills (as
+    read for bidding: optimistic by their evidence). Sent by workers of this version, so
+    that the kernel's bound of the worker is exact again once it bid idle (docs/protocol.md,
+    "Early close on bounds")."""
 
 
 class WorkerInfo(_Message, frozen=True, kw_only=True):

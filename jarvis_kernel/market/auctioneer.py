@@ -615,13 +615,16 @@ class Auctioneer:
 
     def _maybe_ask_more(self, auction: Auction) -> None:
         """Every worker asked has answered and the award is not decided: ask those held back
-        whose bid could still change it."""
+        whose bid could still change it, the likeliest first (1, then 2, then 4, ...)."""
         if not auction.held or auction.widen or not auction.asked <= auction.answered:
             return
         bounds = self._bounds_for(auction)
         silent = {w: bounds.get(w, NO_BOUND) for w in auction.held}
-        ask = contenders(auction.bids, silent, self._free())
+        # highest bound first, one then two then four...: the next bid often decides it, and
+        # waking every contender at once costs more than another round trip
+        ask = contenders(auction.bids, silent, self._free())[: 1 << auction.widened]
         if ask:
+            auction.widened += 1
             auction.ask_more(ask)
 
     def _bounds_for(self, auction: Auction) -> dict[str, float]:
@@ -789,8 +792,7 @@ class Auctioneer:
             )
         )
         if self._bounds is not None:
-            self._check_bound(auction, bid)
-            self._bounds.observe_bid(bid.worker_id, bid.scoring)
+            self._bound_from_bid(auction, bid)
         if not self.market.early_close:
             return
         if window_complete(auction.eligible, auction.answered):
@@ -799,6 +801,14 @@ class Auctioneer:
             auction.close(on_bounds=True)
         else:
             self._maybe_ask_more(auction)
+
+    def _bound_from_bid(self, auction: Auction, bid: Bid) -> None:
+        """What a bid tells the bound book of its worker."""
+        assert self._bounds is not None
+        self._check_bound(auction, bid)
+        self._bounds.observe_bid(bid.worker_id, bid.scoring)
+        if bid.weights and bid.load == 0 and not self._committed[bid.worker_id]:
+            self._bounds.observe_weights(bid.worker_id, bid.weights)  # nothing owed
 
     def _check_bound(self, auction: Auction, bid: Bid) -> None:
         """Count (and stop bounding) a worker whose bid beat its bound: it must not happen."""

@@ -27,6 +27,15 @@ maximum, never replaces: it may be older than learning the book already counts. 
 is monotone in each weight and in each file's freshness (tests/unit/test_scoring.py), so the
 score is bounded too.
 
+Exact again after an idle bid: a bid of this version carries the weights it was scored
+from (`Bid.weights`, for the task's skills). When it was made with nothing owed that the
+worker could still learn from (load 0 in the bid and no task awarded to it and not ended),
+those weights are what it bids from until it may learn again: an award (`will_learn`) or a
+task on the shared list with the skill drops them back to the rule above. Without this the
+book's weights only rise (raised per award, merged by the maximum), and a worker that won
+often stays bounded near the ceiling: asked first by the directed announcements
+(docs/protocol.md) though its bid no longer decides.
+
 A worker bids from an optimistic reading of its weights (`scoring.optimistic_expertise`,
 exploration: the policy's `optimism` imagined successes on a belief worth `prior_strength`
 plus the skill's evidence). The reading never falls as a weight rises nor rises as evidence
@@ -113,13 +122,15 @@ def score_bound(
 
 
 class _Worker:
-    __slots__ = ("evidence", "expertise", "model", "pending", "scoring_ok", "version")
+    __slots__ = ("evidence", "exact", "expertise", "model", "pending", "scoring_ok", "version")
 
     def __init__(self) -> None:
         self.version = 0  # grows at every change of this worker (keys the bound cache)
         self.model: str | None = None
         self.expertise: dict[str, float] = {}
         self.evidence: dict[str, float] = {}  # as last published: no more than it has now
+        # skill -> the weight it bids from now, as its last idle bid said (`observe_weights`)
+        self.exact: dict[str, float] = {}
         self.pending: list[tuple[str, ...]] = []  # learning owed before any info was read
         self.scoring_ok = False
 
@@ -199,8 +210,19 @@ class BoundBook:
     def forget(self, worker_id: str) -> None:
         """The worker registered again: no bound until a bid of the new registration."""
         worker = self._workers.get(worker_id)
-        if worker is not None and worker.scoring_ok:
+        if worker is not None and (worker.scoring_ok or worker.exact):
             worker.scoring_ok = False
+            worker.exact = {}
+            self._changed(worker)
+
+    def observe_weights(self, worker_id: str, weights: Mapping[str, float]) -> None:
+        """A bid of `worker_id` said the weights it bids from (`Bid.weights`), made when
+        nothing it could still learn from was owed: no task of its own awarded and not
+        ended, none in hand (call it only then). Until it may learn again (`will_learn`, a
+        task on the shared list) those weights are its bids' exactly: the bound uses them."""
+        worker = self._worker(worker_id)
+        if any(worker.exact.get(s) != w for s, w in weights.items()):
+            worker.exact.update(weights)
             self._changed(worker)
 
     def will_learn(self, worker_id: str, skills: Sequence[str]) -> None:
@@ -212,6 +234,8 @@ class BoundBook:
             worker.pending.append(tuple(skills))
         else:
             worker.expertise = self._learn(worker.expertise, skills)
+        for skill in skills:
+            worker.exact.pop(skill, None)
         self._changed(worker)
 
     def shared(self, task_id: str, skills: Sequence[str]) -> None:
@@ -254,6 +278,12 @@ class BoundBook:
                 optimism=optimism,
                 prior_strength=self.policy.prior_strength,
             )
+        if worker.exact:  # what its last idle bid said, unless it may have learned since
+            shared = {s for skills in self._shared.values() for s in skills}
+            expertise = {
+                **expertise,
+                **{s: w for s, w in worker.exact.items() if s not in shared},
+            }
         bound = score_bound(task, expertise=expertise, model=worker.model, config=self.config)
         if len(self._cache) >= 4096:
             self._cache.clear()

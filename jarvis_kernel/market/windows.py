@@ -42,6 +42,7 @@ class Auction:
         "task",
         "task_id",
         "widen",
+        "widened",
     )
 
     def __init__(self, task: Task, round_: int, eligible: set[str], deadline: float) -> None:
@@ -60,6 +61,7 @@ class Auction:
         self.asked: set[str] = set()
         self.held: set[str] = set()
         self.widen: list[str] = []
+        self.widened = 0  # times asked again
 
     def close(self, *, on_bounds: bool = False) -> None:
         self.on_bounds = on_bounds

@@ -359,6 +359,7 @@ class WorkerAgent:
         if not_waited_for and self.load >= self.spec.capacity:
             return  # full, and the kernel does not wait for it: a refusal would only cost
         score = await self._score(announce)
+        reading = self.memory.bid_expertise()
         bid = Bid(
             task_id=announce.task_id,
             round=announce.round,
@@ -369,6 +370,7 @@ class WorkerAgent:
             capacity=self.spec.capacity,
             # lets the kernel bound this worker's bids while it is silent (early close)
             scoring=scoring_id(self._scoring, self.memory.policy),
+            weights={s: min(1.0, max(0.0, reading.get(s, 0.0))) for s in announce.required_skills},
         )
         await self._bus.publish(self._keys.bids(announce.task_id), encode(bid))
 

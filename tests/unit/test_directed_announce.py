@@ -18,8 +18,10 @@ import pytest
 from jarvis_kernel.bus.memory import MemoryBus
 from jarvis_kernel.clock import FakeClock
 from jarvis_kernel.market.auction import contenders
-from jarvis_kernel.market.bounds import scoring_id
+from jarvis_kernel.market.bounds import BoundBook, scoring_id
+from jarvis_kernel.market.scoring import bid_score, optimistic_expertise
 from jarvis_kernel.protocol import Announce, Bid, Keys, Task, WorkerInfo, decode, encode
+from jarvis_kernel.worker.memory import DEFAULT_POLICY
 
 from .test_early_close import (
     CONFIG,
@@ -69,8 +71,19 @@ class DirectBidder(Bidder):
                     load=0,
                     capacity=1,
                     scoring=None if self.foreign else scoring_id(CONFIG),
+                    weights=None if self.foreign else self.weights(announce),
                 )
                 await bus.publish(keys.bids(announce.task_id), encode(answer))
+
+    def weights(self, announce: Announce) -> dict[str, float]:
+        """What it bids from, for the announced skills (`Bid.weights`)."""
+        reading = optimistic_expertise(
+            self.expertise,
+            self.evidence,
+            optimism=DEFAULT_POLICY.optimism,
+            prior_strength=DEFAULT_POLICY.prior_strength,
+        )
+        return {s: reading.get(s, 0.0) for s in announce.required_skills}
 
 
 def _fields(info: WorkerInfo) -> dict[str, object]:
@@ -96,6 +109,37 @@ def test_contenders_are_the_silent_workers_that_could_still_win() -> None:
     # nothing in hand above 0: everyone who could bid above 0, highest bound first
     assert contenders([bid("a", 0.0)], silent, free) == ["b", "e", "c"]
     assert contenders([], {"x": 0.0}, {"x": 1}) == []
+
+
+def test_an_idle_bid_makes_the_bound_exact_until_the_worker_may_learn_again() -> None:
+    book = BoundBook(CONFIG)
+    task = Task(task_id="t", required_skills=["react"], complexity=0.3)
+    book.observe_info("w", "gemini:flash", {"react": 0.5})
+    book.observe_bid("w", scoring_id(CONFIG))
+    for _ in range(4):  # awarded four react tasks: the book raises its weight each time
+        book.will_learn("w", ["react"])
+    loose = book.bound("w", task)
+    exact = bid_score(
+        task,
+        expertise={"react": 0.6},
+        model="gemini:flash",
+        recent_files={},
+        now_ms=0,
+        config=CONFIG,
+    )
+    assert loose > exact
+    book.observe_weights("w", {"react": 0.6})  # idle, nothing owed: it bids from 0.6 now
+    assert book.bound("w", task) == exact
+    book.shared("fallen", ["react"])  # it may take that one and learn: not exact any more
+    assert book.bound("w", task) > exact
+    book.taken("fallen", None)
+    assert book.bound("w", task) == exact
+    book.will_learn("w", ["react"])  # awarded again
+    assert book.bound("w", task) > exact
+    book.observe_weights("w", {"react": 0.6})
+    book.forget("w")  # registered again: no bound until it bids
+    book.observe_bid("w", scoring_id(CONFIG))
+    assert book.bound("w", task) > exact
 
 
 @pytest.mark.parametrize("seed", [11, 12])
