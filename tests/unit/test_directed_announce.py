@@ -15,12 +15,11 @@ import anyio
 import anyio.abc
 import pytest
 
-from jarvis_kernel.bus.memory import MemoryBus
 from jarvis_kernel.clock import FakeClock
 from jarvis_kernel.market.auction import contenders
 from jarvis_kernel.market.bounds import BoundBook, scoring_id
 from jarvis_kernel.market.scoring import bid_score, optimistic_expertise
-from jarvis_kernel.protocol import Announce, Bid, Keys, Task, WorkerInfo, decode, encode
+from jarvis_kernel.protocol import Announce, Keys, Task, WorkerInfo, decode, encode
 from jarvis_kernel.worker.memory import DEFAULT_POLICY
 
 from .test_early_close import (
@@ -40,43 +39,17 @@ class DirectBidder(Bidder):
     """A `Bidder` on its own announcement channel (a worker of this version), counting what
     it hears."""
 
-    heard: int = 0
-
     def info(self) -> bytes:
         info = decode(super().info(), WorkerInfo)
         return encode(WorkerInfo(**{**_fields(info), "direct_announce": not self.foreign}))
 
-    async def run(
-        self,
-        bus: MemoryBus,
-        keys: Keys,
-        clock: FakeClock,
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        channel = keys.market if self.foreign else keys.market_for(self.worker_id)
-        async with bus.subscribe([channel]) as sub:
-            task_status.started()
-            async for message in sub:
-                self.heard += 1
-                announce = decode(message.data, Announce)
-                score = self.intended[announce.task_id] = self.score(announce, clock.time_ms())
-                await clock.sleep(self.delay_s)
-                answer = Bid(
-                    task_id=announce.task_id,
-                    round=announce.round,
-                    worker_id=self.worker_id,
-                    score=score,
-                    model=self.model,
-                    load=0,
-                    capacity=1,
-                    scoring=None if self.foreign else scoring_id(CONFIG),
-                    weights=None if self.foreign else self.weights(announce),
-                )
-                await bus.publish(keys.bids(announce.task_id), encode(answer))
+    def channel(self, keys: Keys) -> str:
+        return keys.market if self.foreign else keys.market_for(self.worker_id)
 
-    def weights(self, announce: Announce) -> dict[str, float]:
+    def weights(self, announce: Announce) -> dict[str, float] | None:
         """What it bids from, for the announced skills (`Bid.weights`)."""
+        if self.foreign:
+            return None
         reading = optimistic_expertise(
             self.expertise,
             self.evidence,

@@ -283,6 +283,7 @@ class Bidder:
         self.rng = rng
         self.delay_s = 0.0
         self.intended: dict[str, float] = {}
+        self.heard = 0  # announcements heard
 
     def info(self) -> bytes:
         return encode(
@@ -315,10 +316,11 @@ class Bidder:
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        async with bus.subscribe([keys.market]) as sub:
+        async with bus.subscribe([self.channel(keys)]) as sub:
             task_status.started()
             async for message in sub:
                 announce = decode(message.data, Announce)
+                self.heard += 1
                 score = self.intended[announce.task_id] = self.score(announce, clock.time_ms())
                 await clock.sleep(self.delay_s)
                 bid = Bid(
@@ -330,8 +332,17 @@ class Bidder:
                     load=0,
                     capacity=1,
                     scoring=None if self.foreign else scoring_id(CONFIG),
+                    weights=self.weights(announce),
                 )
                 await bus.publish(keys.bids(announce.task_id), encode(bid))
+
+    def channel(self, keys: Keys) -> str:
+        """Where it hears announcements."""
+        return keys.market
+
+    def weights(self, announce: Announce) -> dict[str, float] | None:
+        """`Bid.weights`: none (a bidder that does not say)."""
+        return None
 
 
 @asynccontextmanager
