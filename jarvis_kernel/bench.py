@@ -269,13 +269,15 @@ async def _phases(
         for task in heavy_tasks:
             await submit(task, submitted_at)
         await wait({t.task_id for t in heavy_tasks})
+        all_counts = Counter(counts()) if counts is not None else None
     events = await _all_events(bus, keys)
     out = {
         "light": _figures(events, submitted_at, {t.task_id for t in light_tasks}),
         "saturated": _figures(events, submitted_at, {t.task_id for t in heavy_tasks}),
     }
-    if light_counts is not None:  # the market's counters (asked_later, ...)
+    if light_counts is not None and all_counts is not None:  # the market's counters
         out["light"]["counts"] = light_counts
+        out["saturated"]["counts"] = dict(all_counts - Counter(light_counts))
     return out
 
 
@@ -314,7 +316,7 @@ async def _run_mode(url: str, mode: str, workers: int, tasks: int, task_s: float
         )
         async with Kernel.from_config(config) as kernel:
             await kernel.market.refresh_workers()
-            result = await _phases(
+            return await _phases(
                 lambda t, at: _submit_market(kernel, t, at),
                 _kernel_ends(kernel),
                 bus,
@@ -324,10 +326,6 @@ async def _run_mode(url: str, mode: str, workers: int, tasks: int, task_s: float
                 tasks,
                 lambda: kernel.market.stats.counts,
             )
-            result["saturated"]["counts"] = dict(
-                kernel.market.stats.counts - Counter(result["light"]["counts"])
-            )
-            return result
     finally:
         _stop(procs)
         await bus.aclose()

@@ -338,10 +338,10 @@ class WorkerAgent:
     async def _listen(self, sub: Subscription) -> None:
         control = self._keys.control(self.worker_id)
         async for message in sub:
-            if message.channel != control:
-                await self._on_announce(message)
-            elif message.channel == control:
+            if message.channel == control:
                 await self._on_control(message)
+            else:
+                await self._on_announce(message)
 
     async def _on_announce(self, message: Message) -> None:
         try:
@@ -358,8 +358,21 @@ class WorkerAgent:
         not_waited_for = announce.eligible is not None and self.worker_id not in announce.eligible
         if not_waited_for and self.load >= self.spec.capacity:
             return  # full, and the kernel does not wait for it: a refusal would only cost
-        score = await self._score(announce)
-        reading = self.memory.bid_expertise()
+        willing = await self._may_bid(announce)
+        # what it bids from, read once and after the await (learning may have moved it)
+        reading = self.memory.bid_expertise()  # optimistic by its evidence: exploration
+        score = (
+            bid_score(
+                announce,
+                expertise=reading,
+                model=self.spec.model,
+                recent_files=self.memory.recent_files,
+                now_ms=self._clock.time_ms(),
+                config=self._scoring,
+            )
+            if willing
+            else 0.0
+        )
         bid = Bid(
             task_id=announce.task_id,
             round=announce.round,
@@ -370,35 +383,27 @@ class WorkerAgent:
             capacity=self.spec.capacity,
             # lets the kernel bound this worker's bids while it is silent (early close)
             scoring=scoring_id(self._scoring, self.memory.policy),
-            weights={s: min(1.0, max(0.0, reading.get(s, 0.0))) for s in announce.required_skills},
+            weights={s: reading.get(s, 0.0) for s in announce.required_skills},
         )
         await self._bus.publish(self._keys.bids(announce.task_id), encode(bid))
 
-    async def _score(self, announce: Announce) -> float:
-        """The bid for `announce`: 0.0 (refuse) unless free, unpaused and not stopping.
+    async def _may_bid(self, announce: Announce) -> bool:
+        """Does `announce` get a bid above 0 (a score)? Not unless free, unpaused and not
+        stopping.
 
         While the swarm is paused only an exempt task gets a bid; one that is not exempt by
         the pause last read is checked against a fresh read (the kernel announces nothing
         else while paused, so it is likely a pause made since, for this very task).
         """
         if self._stopping or self.paused:
-            return 0.0
+            return False
         if not self.may_run(announce.task_id):
             await self.refresh_pause()
             if not self.may_run(announce.task_id):
-                return 0.0
+                return False
         # Tasks in hand only: the kernel counts awards not yet taken against the capacity
         # itself, and asking Redis here would cost a round trip on every bid.
-        if self.spec.capacity - self.load <= 0:
-            return 0.0
-        return bid_score(
-            announce,
-            expertise=self.memory.bid_expertise(),  # optimistic by its evidence: exploration
-            model=self.spec.model,
-            recent_files=self.memory.recent_files,
-            now_ms=self._clock.time_ms(),
-            config=self._scoring,
-        )
+        return self.spec.capacity - self.load > 0
 
     async def _on_control(self, message: Message) -> None:
         try:
