@@ -305,3 +305,11 @@ class Bus(Protocol):
     async def execute(self, tx: Tx) -> bool:
         """Apply `tx` all-or-nothing. False (and nothing written) when a guard fails."""
         ...
+
+    async def execute_many(self, txs: Sequence[Tx]) -> list[bool]:
+        """Apply each of `txs` as `execute` does, in order; on Redis in one round trip.
+
+        Each is all-or-nothing on its own (not all of them together): per Tx, False when
+        its guard failed. For the writes of many tasks that are ready at once.
+        """
+        ...

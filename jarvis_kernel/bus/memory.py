@@ -581,6 +581,19 @@ class MemoryBus:
             self._apply(op)
         return True
 
+    async def execute_many(self, txs: Sequence[Tx]) -> list[bool]:
+        # As on Redis: a Tx that raises does not stop the ones after it; raised at the end.
+        out, error = [], None
+        for tx in txs:
+            try:
+                out.append(await self.execute(tx))
+            except BusError as exc:
+                out.append(False)
+                error = error or exc
+        if error is not None:
+            raise error
+        return out
+
     def _apply(self, op: Op) -> None:
         handler = self._OPS.get(op.name)
         if handler is None:

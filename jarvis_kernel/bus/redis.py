@@ -500,6 +500,55 @@ class RedisBus:
 
         return bool(await self._run(attempt) == 1)
 
+    async def execute_many(self, txs: Sequence[Tx]) -> list[bool]:
+        """Apply each of `txs` as `execute` does, in order, in one round trip (pipelined).
+
+        Each Tx is checked and written on its own (others' commands may come in between);
+        one whose guard fails writes nothing and is False. A Redis error raises `BusError`
+        once every reply is read, as `execute` would have for that Tx (the ones before it
+        are written; the ones after it too, as they would be if sent one by one).
+        """
+        if not txs:
+            return []
+        encoded = [_encode_tx(tx) for tx in txs]
+
+        def commands(script: Sequence[Arg], todo: Sequence[int]) -> list[tuple[Arg, ...]]:
+            return [(*script, len(encoded[i][0]), *encoded[i][0], *encoded[i][1]) for i in todo]
+
+        async def attempt() -> list[Any]:
+            replies: list[Any] = [None] * len(encoded)
+            todo = list(range(len(encoded)))
+            for script in (("EVALSHA", _TX_SHA), ("EVAL", _TX_LUA)):
+                got = await self._pipeline(commands(script, todo))
+                for i, reply in zip(todo, got, strict=True):
+                    replies[i] = reply
+                # first use, or the server restarted: EVAL caches the script
+                todo = [i for i in todo if isinstance(replies[i], rex.NoScriptError)]
+                if not todo:
+                    break
+            for reply in replies:
+                if isinstance(reply, rex.ResponseError):
+                    raise reply
+            return replies
+
+        return [reply == 1 for reply in await self._run(attempt)]
+
+    async def _pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send `commands` in one write, read every reply (an error reply as its exception)."""
+        conn: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response(disable_decoding=True))
+                except rex.ResponseError as exc:  # read whole: the connection stays in step
+                    replies.append(exc)
+            return replies
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._pool.release(conn)
+
 
 class RedisSubscription:
     """A `Subscription` on its own connection, read by a task that `RedisBus.subscribe` owns.

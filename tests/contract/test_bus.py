@@ -368,6 +368,26 @@ async def test_tx_writes_nothing_when_a_guard_fails(bus: Bus, guard) -> None:  #
     assert await bus.hget("live", "t1") == b"auctioning"
 
 
+async def test_execute_many_applies_each_tx_on_its_own_in_order(harness: BusHarness) -> None:
+    bus = harness.bus
+    if harness.kind == "redis":  # the first use after a restart: not in the script cache
+        from jarvis_kernel.bus.redis import RedisBus
+
+        assert isinstance(bus, RedisBus)
+        await bus._call("SCRIPT", "FLUSH")
+    await bus.hset("live", {"t1": "auctioning", "t2": "auctioning"})
+    txs = [
+        Tx().require_field("live", "t1", "auctioning").hset("live", {"t1": "assigned"}),
+        Tx().require_field("live", "t2", "gone").hset("live", {"t2": "x"}).lpush("l", "no"),
+        # sees the first one's write: they are applied in order
+        Tx().require_field("live", "t1", "assigned").hdel("live", "t1").lpush("l", "yes"),
+    ]
+    assert await bus.execute_many(txs) == [True, False, True]
+    assert await bus.execute_many([]) == []
+    assert await bus.hgetall("live") == {"t2": b"auctioning"}
+    assert await bus.lrange("l", 0, -1) == [b"yes"]
+
+
 async def test_tx_push_wakes_blocked_move(harness: BusHarness) -> None:
     bus = harness.bus
     got: list[bytes | None] = []
