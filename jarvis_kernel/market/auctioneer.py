@@ -8,7 +8,8 @@ One service (`Auctioneer.run`) with a few loops in one task group:
 - bids: one pattern subscription on ``<ns>:bids:*`` routes each bid to its open auction,
   which closes when every eligible worker answered or when the bids in hand decide it
   (`auction.bids_decide` on the bounds of `bounds.BoundBook`), else at its deadline
-  (`windows.WindowTimer`);
+  (`windows.WindowTimer`); whom an auction asks, when it closes and how auctions closing
+  together are awarded is in `closing.Closing` (a part of this class);
 - outcomes: reads ``<ns>:events`` as consumer group ``kernel`` (started / completed / failed);
 - liveness: refreshes the view of workers (capacity, heartbeat, load) and takes back the
   tasks of dead workers.
@@ -60,15 +61,12 @@ from ..protocol import (
 )
 from .auction import (
     ReceivedBid,
-    award_batch,
-    bids_decide,
-    choose_winner,
-    contenders,
     free_capacity,
     priority_key,
     window_complete,
 )
 from .bounds import NO_BOUND, BoundBook
+from .closing import Closing, JointBatch
 from .records import TaskRecord, assignment_for, dead_letter_tx, event_fields, removal, transition
 from .windows import Auction, WindowTimer
 
@@ -92,26 +90,10 @@ class AuctionStats:
         self.award_ms: deque[float] = deque(maxlen=keep)
 
 
-class _Batch:
-    """Auctions closed and waiting to be awarded together (``market.joint_award_s``)."""
-
-    __slots__ = ("bids", "decided", "ready", "winners")
-
-    def __init__(self) -> None:
-        self.bids: dict[str, tuple[ReceivedBid, ...]] = {}
-        self.ready = anyio.Event()  # no auction is open any more: decide now
-        self.decided = anyio.Event()
-        self.winners: dict[str, ReceivedBid | None] = {}
-
-
-def _held(task_id: str) -> str:
-    # Not a valid task id (ids start with a letter or digit): no bid is routed to it, yet
-    # dispatch counts it like an open auction, so its coming award keeps its slot.
-    return f"~held:{task_id}"
-
-
-class Auctioneer:
+class Auctioneer(Closing):
     """The market's kernel side. Construct, then ``await tg.start(auctioneer.run)``."""
+
+    stats: AuctionStats
 
     def __init__(
         self,
@@ -138,7 +120,7 @@ class Auctioneer:
         self._auctions: dict[str, Auction] = {}
         self._windows = WindowTimer(clock)
         self._bounds = BoundBook(scoring) if scoring is not None else None
-        self._batch: _Batch | None = None
+        self._batch: JointBatch | None = None
         self._slots = anyio.Semaphore(market.max_concurrent_auctions)
         self._committed: Counter[str] = Counter()
         self._capacity: dict[str, int] = {}
@@ -457,9 +439,7 @@ class Auctioneer:
         auction.announce = encode(announce)
         auction.asked = self._first_asked(auction, directed=directed)
         auction.held = (eligible & self._direct) - auction.asked
-        # A worker the kernel thinks full may have freed a slot since its last word: as on
-        # the shared channel, it hears the announcement and bids if it has room.
-        audience = auction.asked | ((self._alive & self._direct) - eligible)
+        audience = auction.asked | self._may_have_room(eligible)
         self._ask_everyone_held()  # a joint award needs every bid of the open auctions
         tx.publish(self.keys.market, auction.announce)
         for worker in sorted(audience):
@@ -490,18 +470,27 @@ class Auctioneer:
             assert new_raw is not None
             self._records[task.task_id] = new_raw
             self.stats.counts["announced"] += 1
-            await self._collect(auction)
+            self._open_window(auction)
+            winner = await self._winner(auction)
         finally:
-            del self._auctions[task.task_id]
-            if not self._auctions:
-                self._idle.set()
-            self._wake_dispatch()
-        winner = await self._decide(auction)
+            self._closed(task.task_id)
         if winner is None:
             self.stats.counts["no_winner"] += 1
             return announcing, new_raw
         await self._award(announcing, new_raw, winner, auction, started)
         return None
+
+    def _closed(self, task_id: str) -> None:
+        """The auction of `task_id` is over (awarded, or to be run again)."""
+        del self._auctions[task_id]
+        batch = self._batch
+        if batch is not None and task_id in batch.waiting:
+            batch.waiting.discard(task_id)
+            if not batch.waiting:
+                batch.ready.set()
+        if not self._auctions:
+            self._idle.set()
+        self._wake_dispatch()
 
     async def _paused_meanwhile(self) -> bool:
         """Is the swarm paused (read now)? Follow it at once if this kernel did not know."""
@@ -509,148 +498,6 @@ class Auctioneer:
         if info is not None and self._pause is None:
             self.set_paused(info)
         return info is not None
-
-    async def _collect(self, auction: Auction) -> None:
-        """Wait until the window closes; a close on bounds is checked again on return.
-
-        The check and the decision that follows (`_decide`, which awards an auction closed on
-        bounds alone and at once) run without an await in between, so both see the same
-        capacity: the award is the one all the eligible workers' bids would give.
-        """
-        auction.deadline = self.clock.monotonic() + self.market.window_s
-        self._windows.add(auction)
-        self._bounds_for(auction)  # while the workers compute their bids
-        if self._decided_on_bounds(auction):  # nobody asked can win (every bound 0)
-            auction.close(on_bounds=True)
-        while True:
-            await auction.done.wait()
-            if auction.widen and not self._draining and not auction.expired:
-                if not await self._ask_more(auction):
-                    return
-                continue
-            if not auction.on_bounds or self._draining:
-                return
-            if window_complete(auction.eligible, auction.answered):
-                auction.on_bounds = False  # complete meanwhile: the usual award
-                return
-            if self._decided_on_bounds(auction):
-                return
-            auction.reopen()
-            if auction.expired:
-                return
-
-    def _awarded_alone(self) -> bool:
-        """Would an auction closing now be awarded alone (no joint award with others)?"""
-        return self.market.joint_award_s <= 0 or (not self._auctions and not self._batch)
-
-    def _first_asked(self, auction: Auction, *, directed: bool) -> set[str]:
-        """The eligible workers on their own channel to announce `auction` to now.
-
-        All of them, unless the auction may close on bounds: then the one with the highest
-        bound (then the lower load ratio, then the smaller id), and every one not bounded
-        yet. The others are asked only if the bids in hand do not decide the award
-        (`_on_bid`), so the award is the one announcing to all would give.
-        """
-        direct = auction.eligible & self._direct
-        market = self.market
-        if not (
-            directed
-            and direct
-            and market.direct_announce
-            and market.early_close
-            and market.early_close_on_bounds
-            and self._bounds is not None
-            and self._awarded_alone()
-        ):
-            return direct
-        bounds = self._bounds_for(auction)
-        unbounded = {w for w in direct if bounds.get(w, NO_BOUND) >= NO_BOUND}
-        bounded = [w for w in direct - unbounded if bounds[w] > 0.0]
-        if not bounded:
-            return unbounded
-        capacity, load = self._capacity, self._load
-
-        def rank(w: str) -> tuple[float, float, str]:
-            return (-bounds[w], load.get(w, 0) / max(1, capacity.get(w, 1)), w)
-
-        return unbounded | {min(bounded, key=rank)}
-
-    def _ask_everyone_held(self) -> None:
-        """Another auction opens: with the joint award on, those open ask everyone now."""
-        if self.market.joint_award_s <= 0:
-            return
-        for auction in self._auctions.values():
-            if auction.held and not auction.widen:
-                auction.ask_more(sorted(auction.held))
-
-    async def _ask_more(self, auction: Auction) -> bool:
-        """Announce `auction` to the workers in `auction.widen`; False when it is decided."""
-        ask, auction.widen = auction.widen, []
-        ask = [w for w in ask if w in auction.held]
-        if ask:
-            auction.held.difference_update(ask)
-            auction.asked.update(ask)
-            tx = Tx()
-            for worker in ask:
-                tx.publish(self.keys.market_for(worker), auction.announce)
-            if auction.task_id not in self._exempt:
-                tx.require(self.keys.paused, None)
-            self.stats.counts["asked_later"] += len(ask)
-            if not await self.bus.execute(tx):  # paused meanwhile: award on what it has
-                return False
-        if window_complete(auction.eligible, auction.answered):
-            auction.on_bounds = False
-            return False
-        if self._decided_on_bounds(auction):
-            auction.on_bounds = True
-            return False
-        if auction.expired or self._draining:
-            return False
-        auction.reopen()
-        if auction.widen:  # asked for again by a bid that came in meanwhile
-            auction.done.set()
-        else:
-            self._maybe_ask_more(auction)
-        return True
-
-    def _maybe_ask_more(self, auction: Auction) -> None:
-        """Every worker asked has answered and the award is not decided: ask those held back
-        whose bid could still change it, the likeliest first (1, then 2, then 4, ...)."""
-        if not auction.held or auction.widen or not auction.asked <= auction.answered:
-            return
-        bounds = self._bounds_for(auction)
-        silent = {w: bounds.get(w, NO_BOUND) for w in auction.held}
-        # highest bound first, one then two then four...: the next bid often decides it, and
-        # waking every contender at once costs more than another round trip
-        ask = contenders(auction.bids, silent, self._free())[: 1 << auction.widened]
-        if ask:
-            auction.widened += 1
-            auction.ask_more(ask)
-
-    def _bounds_for(self, auction: Auction) -> dict[str, float]:
-        """The most each eligible worker could bid in `auction` (kept until the book changes)."""
-        book = self._bounds
-        if book is None:
-            return {}
-        if auction.bounds_gen != book.generation:
-            auction.bounds = {w: book.bound(w, auction.task) for w in auction.eligible}
-            auction.bounds_gen = book.generation
-        return auction.bounds
-
-    def _decided_on_bounds(self, auction: Auction) -> bool:
-        """Do the bids in hand decide `auction`, whatever its silent workers bid?
-
-        Only for an auction that would be awarded alone: with the joint award, while no
-        other auction is open or waiting (a batch ranks auctions by their second-best bids
-        too, which silent workers could change).
-        """
-        if self._bounds is None or not self.market.early_close_on_bounds or not auction.eligible:
-            return False
-        if self.market.joint_award_s > 0 and (len(self._auctions) > 1 or self._batch):
-            return False
-        bounds = self._bounds_for(auction)
-        silent = {w: bounds[w] for w in auction.eligible if w not in auction.answered}
-        return bids_decide(auction.bids, silent, self._free())
 
     def _will_learn(self, worker_id: str, task: Task) -> None:
         if self._bounds is not None:
@@ -687,51 +534,6 @@ class Auctioneer:
         self.stats.counts["awarded"] += 1
         self._records[record.task.task_id] = new_raw or b""
 
-    async def _decide(self, auction: Auction) -> ReceivedBid | None:
-        """The winner of a closed auction, reserved in `_committed` before anything awaits.
-
-        With ``joint_award_s`` 0, or closed on bounds, it is chosen at once. Otherwise the
-        auction joins the batch of auctions closed meanwhile; the first of them waits until
-        no auction is open any more, or ``joint_award_s``, then the batch is awarded jointly
-        (`award_batch`); a batch of one is awarded without waiting.
-        """
-        if self.market.joint_award_s <= 0 or auction.on_bounds:
-            winner = choose_winner(auction.bids, self._free())
-            if winner is not None:
-                self._committed[winner.worker_id] += 1
-            return winner
-        batch, leader = self._batch, self._batch is None
-        if batch is None:
-            batch = self._batch = _Batch()
-        batch.bids[auction.task_id] = tuple(auction.bids)
-        self._auctions[_held(auction.task_id)] = auction
-        if len(self._auctions) == len(batch.bids):
-            batch.ready.set()
-        if not leader:
-            await batch.decided.wait()
-        elif batch.ready.is_set():
-            self._settle(batch)
-        else:
-            try:
-                await run_with_timeout(self.clock, self.market.joint_award_s, batch.ready.wait)
-            finally:
-                self._settle(batch)  # synchronous, so also when cancelled
-        return batch.winners.get(auction.task_id)
-
-    def _settle(self, batch: _Batch) -> None:
-        """Award `batch` and reserve every winner at once, before any award Tx is awaited."""
-        self._batch = None
-        for task_id in batch.bids:
-            del self._auctions[_held(task_id)]
-        batch.winners = award_batch(batch.bids, self._free())
-        for winner in batch.winners.values():
-            if winner is not None:
-                self._committed[winner.worker_id] += 1
-        batch.decided.set()
-        if not self._auctions:
-            self._idle.set()
-        self._wake_dispatch()
-
     async def _fallback(self, record: TaskRecord, raw: bytes) -> None:
         now = self.clock.time_ms()
         fallen = msgspec.structs.replace(record, state="fallback", worker_id=None)
@@ -763,7 +565,18 @@ class Auctioneer:
                 continue
             self._on_bid(bid)
 
+    def _note_load(self, bid: Bid) -> None:
+        """The load in a bid is the worker's freshest word on what it holds (the heartbeat's
+        can be a beat old and would hide a slot freed since), also in a bid that comes late;
+        awards not yet finished still count too (`free_capacity`)."""
+        if bid.worker_id in self._capacity:
+            freed = bid.load < self._load.get(bid.worker_id, 0)
+            self._load[bid.worker_id] = bid.load
+            if freed:
+                self._wake_dispatch()
+
     def _on_bid(self, bid: Bid) -> None:
+        self._note_load(bid)
         auction = self._auctions.get(bid.task_id)
         reason = None
         if auction is None:
@@ -779,9 +592,6 @@ class Auctioneer:
             self.stats.ignored_bids[reason or "late"] += 1
             return
         auction.answered.add(bid.worker_id)
-        # The load in a bid is the worker's freshest word on what it holds (the heartbeat's
-        # can be a beat old and would hide a slot freed since); awards still count too.
-        self._load[bid.worker_id] = bid.load
         auction.bids.append(
             ReceivedBid(
                 worker_id=bid.worker_id,
@@ -793,12 +603,10 @@ class Auctioneer:
         )
         if self._bounds is not None:
             self._bound_from_bid(auction, bid)
-        if not self.market.early_close:
+        if auction.settling or not self.market.early_close:
             return
-        if window_complete(auction.eligible, auction.answered):
-            auction.close()
-        elif self._decided_on_bounds(auction):
-            auction.close(on_bounds=True)
+        if window_complete(auction.eligible, auction.answered) or self._decided_on_bounds(auction):
+            auction.close()  # `_collect` reads how
         else:
             self._maybe_ask_more(auction)
 
@@ -847,7 +655,12 @@ class Auctioneer:
                 owed = []
 
     async def _on_entries(self, entries: list[StreamEntry]) -> list[StreamEntry]:
-        """Handle a batch of events; return it (to be acknowledged)."""
+        """Handle a batch of events; return it (to be acknowledged).
+
+        The records of the tasks it completes are removed together, in one round trip, at
+        the end (or before another event of one of those tasks, to keep each task's order).
+        """
+        completed: dict[str, tuple[TaskCompleted, TaskRecord, bytes]] = {}
         for entry in entries:
             raw = entry.fields.get("event", b"")
             try:
@@ -855,10 +668,18 @@ class Auctioneer:
             except ProtocolError as exc:
                 await self._reject(self.keys.events, str(exc), raw)
                 continue
-            if isinstance(event, TaskStarted | TaskCompleted | TaskFailed):
+            if isinstance(event, TaskCompleted):
+                live = self._live_attempt(event)
+                if live is not None and live[0].task.task_id not in completed:
+                    completed[live[0].task.task_id] = (event, *live)
+            elif isinstance(event, TaskStarted | TaskFailed):
+                if (event.task_id or "") in completed:
+                    await self._remove_completed(completed)
+                    completed = {}
                 await self._on_outcome(event)
             elif isinstance(event, WorkerStarted) and event.worker_id:
                 self._registered(event.worker_id)
+        await self._remove_completed(completed)
         return entries
 
     def _registered(self, worker_id: str) -> None:
@@ -867,27 +688,46 @@ class Auctioneer:
             self._bounds.forget(worker_id)
         self._refresh_now.set()
 
-    async def _on_outcome(self, event: TaskStarted | TaskCompleted | TaskFailed) -> None:
-        task_id = event.task_id or ""
-        raw = self._records.get(task_id)
+    def _live_attempt(self, event: Event) -> tuple[TaskRecord, bytes] | None:
+        """The live record `event` is about (and its raw), if of its live attempt."""
+        raw = self._records.get(event.task_id or "")
         if raw is None:
-            return
+            return None
         record = decode(raw, TaskRecord)
-        if event.attempt != record.attempt:
+        if getattr(event, "attempt", record.attempt) != record.attempt:
             self.stats.counts["superseded"] += 1
-            return  # a late result of an attempt already taken back
+            return None  # a late result of an attempt already taken back
+        return record, raw
+
+    async def _on_outcome(self, event: TaskStarted | TaskFailed) -> None:
+        live = self._live_attempt(event)
+        if live is None:
+            return
+        record, raw = live
         if isinstance(event, TaskStarted):
             await self._on_started(record, raw, event)
-        elif isinstance(event, TaskCompleted):
+        else:
+            await self.retry_or_bury(record, raw, f"failed: {event.error_key}")
+
+    async def _remove_completed(
+        self, completed: dict[str, tuple[TaskCompleted, TaskRecord, bytes]]
+    ) -> None:
+        """Remove the live records of completed tasks (one Tx each, one round trip)."""
+        if not completed:
+            return
+        for task_id in completed:
             if self._bounds is not None:
                 self._bounds.taken(task_id, None)
-            if await self.bus.execute(removal(self.keys, task_id, raw)):
+        done = list(completed.items())
+        txs = [removal(self.keys, task_id, raw) for task_id, (_, _, raw) in done]
+        for (task_id, (event, record, _)), ok in zip(
+            done, await self.bus.execute_many(txs), strict=True
+        ):
+            if ok:
                 self._release(record)
                 self._records.pop(task_id, None)
                 self.stats.counts["completed"] += 1
                 self._finished(event)
-        else:
-            await self.retry_or_bury(record, raw, f"failed: {event.error_key}")
 
     async def _on_started(self, record: TaskRecord, raw: bytes, event: TaskStarted) -> None:
         # An awarded task is known to be with its worker already; only a task taken from the

@@ -32,6 +32,7 @@ class Auction:
         "bids",
         "bounds",
         "bounds_gen",
+        "cut",
         "deadline",
         "done",
         "eligible",
@@ -39,6 +40,7 @@ class Auction:
         "held",
         "on_bounds",
         "round",
+        "settling",
         "task",
         "task_id",
         "widen",
@@ -52,7 +54,9 @@ class Auction:
         self.answered: set[str] = set()
         self.done = anyio.Event()
         self.on_bounds = False  # closed because the bids in hand decide it (`bids_decide`)
+        self.settling = False  # waiting in a joint award's batch (bids still count)
         self.expired = False
+        self.cut = False  # stopped asking (paused meanwhile): awarded on the bids in hand
         self.bounds: dict[str, float] = {}  # silent worker -> the most it could bid
         self.bounds_gen = -1  # `BoundBook.generation` the bounds were computed at
         # Directed announcements: the eligible workers on their own channel that were
@@ -73,9 +77,14 @@ class Auction:
         self.done.set()
 
     def reopen(self) -> None:
-        """Wait again (a close on bounds that no longer holds when it is acted on)."""
+        """Wait again (a close on bounds that no longer holds when it is acted on).
+
+        Past its deadline it does not wait: the timer has closed it once and will not again.
+        """
         self.on_bounds = False
         self.done = anyio.Event()
+        if self.expired:
+            self.done.set()
 
 
 class WindowTimer:
