@@ -6,8 +6,13 @@ agents repeat themselves; and 100 distinct ones, no cache hit), in one search mo
 dense modes, also how much of the exact top 20 the candidate pass keeps (agree@20), and
 (``--table``) how long distilling the word table takes.
 
+``--diverse``: each file's summary also gets two words drawn (seeded) from the model's
+vocabulary, so that pattern vectors are all distinct. Without it the generated patterns
+collapse to a few hundred distinct vectors (numbers are left out of them), which flatters
+anything that exploits duplicates; a dense search must be measured on both.
+
     .venv/bin/python benchmarks/librarian_scale.py [--projects 1000] [--files 200] [--runs 3]
-        [--mode expanded|static|semantic|...] [--table]
+        [--mode expanded|static|semantic|...] [--diverse] [--table]
 
 Output goes to benchmarks/out/librarian/ (ignored by git).
 """
@@ -116,17 +121,26 @@ QUERIES = [
 ]
 
 
-def _files(rng: random.Random, project: int, n: int, version: int = 0) -> list[dict[str, object]]:
+def _files(
+    rng: random.Random,
+    project: int,
+    n: int,
+    version: int = 0,
+    extra: tuple[random.Random, list[str]] | None = None,
+) -> list[dict[str, object]]:
+    """`n` seeded files; with `extra` (its own generator, a vocabulary) two more words
+    in each summary (`--diverse`), the rest drawn exactly as without it."""
     files = []
     for i in range(n):
         path, summary, tags, symbols = rng.choice(KINDS)
         ent = rng.choice(ENTITIES)
         fmt = {"e": ent, "E": ent.capitalize(), "p": rng.choice(PROVIDERS)}
+        more = " ".join(extra[0].sample(extra[1], 2)) + " " if extra else ""
         files.append(
             {
                 "path": f"mod{i}/" + path.format(**fmt),
                 "summary": summary.format(**fmt)
-                + f" (module {i} of project {project}, v{version})",
+                + f" ({more}module {i} of project {project}, v{version})",
                 "tags": tags,
                 "symbols": [s.format(**fmt) for s in symbols],
             }
@@ -134,8 +148,21 @@ def _files(rng: random.Random, project: int, n: int, version: int = 0) -> list[d
     return files
 
 
-def generate(memory: Path, projects: int, files: int, seed: int = 42) -> None:
+def vocabulary() -> list[str]:
+    """Words of the model's own vocabulary (4 letters or more): each has a vector in the
+    word table, so drawing them costs no model run at index time."""
+    from jarvis_kernel.librarian.embed import Embedder
+    from jarvis_kernel.librarian.static import _vocabulary
+
+    whole, _ = _vocabulary(Embedder.load().tokenizer)
+    return [w for w in whole if len(w) >= 4 and w.isalpha()]
+
+
+def generate(
+    memory: Path, projects: int, files: int, seed: int = 42, diverse: list[str] | None = None
+) -> None:
     rng = random.Random(seed)
+    extra = (random.Random(seed + 1), diverse) if diverse else None
     if memory.exists():
         shutil.rmtree(memory)
     (memory / "projects").mkdir(parents=True)
@@ -146,7 +173,11 @@ def generate(memory: Path, projects: int, files: int, seed: int = 42) -> None:
         pid = f"proj-{i:04d}"
         folder = memory / "projects" / pid
         folder.mkdir()
-        cmap = {"projectId": pid, "summary": f"project {i}", "files": _files(rng, i, files)}
+        cmap = {
+            "projectId": pid,
+            "summary": f"project {i}",
+            "files": _files(rng, i, files, extra=extra),
+        }
         (folder / "context_map.json").write_text(json.dumps(cmap))
 
 
@@ -183,9 +214,8 @@ def dense_agreement(lib: Librarian, queries: list[str], mode: Mode) -> float:
     for q in queries:
         vec = ranker.query_vector(q, model)
         exact = slots.full[: slots.used] @ vec
-        boost = ranker._boost(vec, model, slots)
-        if boost is not None:
-            exact += boost
+        for members, value in ranker._boost(vec, model, slots):
+            exact[members] += value
         exact[slots.code[: slots.used] < 0] = -np.inf
         threshold = float(np.sort(exact)[-20]) - 1e-5
         got = ranker.rank(lib._index, q, 20, (None, False), model)
@@ -193,7 +223,13 @@ def dense_agreement(lib: Librarian, queries: list[str], mode: Mode) -> float:
     return statistics.mean(agree)
 
 
-def run_once(memory: Path, files: int, run: int = 1, mode: Mode = "expanded") -> dict[str, float]:
+def run_once(
+    memory: Path,
+    files: int,
+    run: int = 1,
+    mode: Mode = "expanded",
+    diverse: list[str] | None = None,
+) -> dict[str, float]:
     for name in (
         "librarian.sqlite",
         "librarian.sqlite-wal",
@@ -208,7 +244,8 @@ def run_once(memory: Path, files: int, run: int = 1, mode: Mode = "expanded") ->
     full = time.perf_counter() - t0
     rng = random.Random(7)
     pid = "proj-0500"
-    cmap = {"projectId": pid, "files": _files(rng, 500, files, version=run)}
+    extra = (random.Random(run), diverse) if diverse else None
+    cmap = {"projectId": pid, "files": _files(rng, 500, files, version=run, extra=extra)}
     (memory / "projects" / pid / "context_map.json").write_text(json.dumps(cmap))
     t0 = time.perf_counter()
     inc = lib.index()
@@ -253,18 +290,22 @@ def main() -> None:
     parser.add_argument(
         "--mode", default="expanded", choices=["keyword", "expanded", "fused", "semantic", "static"]
     )
+    parser.add_argument(
+        "--diverse", action="store_true", help="two vocabulary words more in each summary"
+    )
     parser.add_argument("--table", action="store_true", help="time building the word table")
     args = parser.parse_args()
     if args.table:
         print(f"word table built in {table_build():.1f} s")
         return
-    memory = OUT / "memory"
+    memory = OUT / ("memory-diverse" if args.diverse else "memory")
+    diverse = vocabulary() if args.diverse else None
     t0 = time.perf_counter()
-    generate(memory, args.projects, args.files)
+    generate(memory, args.projects, args.files, diverse=diverse)
     print(f"generated {args.projects} x {args.files} in {time.perf_counter() - t0:.1f} s")
     results = []
     for run in range(args.runs):
-        result = run_once(memory, args.files, run + 1, args.mode)
+        result = run_once(memory, args.files, run + 1, args.mode, diverse)
         results.append(result)
         print(f"run {run + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.items()))
     medians = {k: statistics.median(r[k] for r in results) for k in results[0]}

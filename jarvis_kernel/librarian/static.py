@@ -12,8 +12,8 @@ the word's rank in the vocabulary, which this tokenizer lists in order of freque
 (``the``, ``of``, ``and`` ...); a word outside it is rare. No corpus statistics: a
 pattern's vector does not change when other patterns do.
 
-Also kept: a projection to `LOW_DIMS` (the table's first principal axes), used to pick
-candidates cheaply before ranking them in full (semantic.py).
+Also kept: the table's first `LOW_DIMS` principal axes, the basis pattern vectors are
+split on until one is fitted to the patterns themselves (vectors.py).
 
 Blocking and CPU-bound (building the table takes one to three minutes on one core of the
 reference machine): call from a thread.

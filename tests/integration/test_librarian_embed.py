@@ -17,10 +17,11 @@ from jarvis_kernel.fsutil import atomic_write_parts
 from jarvis_kernel.librarian import embed
 from jarvis_kernel.librarian.formats import Pattern, Source
 from jarvis_kernel.librarian.index import PatternIndex
-from jarvis_kernel.librarian.semantic import SemanticRanker, _dot, _Slots, _top
+from jarvis_kernel.librarian.semantic import SemanticRanker
 from jarvis_kernel.librarian.static import WordTable, default_table_path
 from jarvis_kernel.librarian.store import Librarian
 from jarvis_kernel.librarian.taxonomy import Glossary, GlossEntry, Taxonomy, TaxonomyData
+from jarvis_kernel.librarian.vectors import Slots, dot, top
 
 np = pytest.importorskip("numpy")
 needs_embed = pytest.mark.skipif(
@@ -118,15 +119,15 @@ def test_top_finds_the_best_scores_without_sorting_everything() -> None:
     rng = np.random.default_rng(0)
     scores = rng.standard_normal(100_000).astype(np.float32)
     scores[rng.choice(100_000, 500, replace=False)] = -np.inf
-    found = _top(scores, 1000)
+    found = top(scores, 1000)
     best = set(np.argsort(-scores)[:1000].tolist())
     assert len(best & set(found.tolist())) >= 990
     assert np.isfinite(scores[found]).all()
-    assert sorted(_top(np.array([3.0, -np.inf, 1.0]), 5).tolist()) == [0, 2]
+    assert sorted(top(np.array([3.0, -np.inf, 1.0]), 5).tolist()) == [0, 2]
 
 
 def test_slots_are_reused_after_a_project_is_dropped() -> None:
-    slots = _Slots(4)
+    slots = Slots(np.eye(384, 4, dtype=np.float32))
     first = slots.alloc(3)
     slots.projects["a"] = type("P", (), {"slots": first, "pairs": np.zeros((0, 2), np.int64)})()
     slots.code[first] = 0
@@ -139,7 +140,7 @@ def test_slots_are_reused_after_a_project_is_dropped() -> None:
 
 
 def test_slots_are_sized_exactly_for_a_full_load_and_grow_by_half_after() -> None:
-    slots = _Slots(4)
+    slots = Slots(np.eye(384, 4, dtype=np.float32))
     slots.reserve(1000)
     assert slots.alloc(1000).tolist() == list(range(1000))
     assert len(slots.code) == slots.used == 1000  # no slack for a query to scan
@@ -151,8 +152,8 @@ def test_products_without_blas_match_numpy() -> None:
     rng = np.random.default_rng(1)
     matrix = rng.standard_normal((50, 8)).astype(np.float32)
     vec = rng.standard_normal(8).astype(np.float32)
-    assert np.allclose(_dot(matrix, vec), matrix @ vec, atol=1e-5)
-    assert np.allclose(_dot(vec, matrix.T), vec @ matrix.T, atol=1e-5)
+    assert np.allclose(dot(matrix, vec), matrix @ vec, atol=1e-5)
+    assert np.allclose(dot(vec, matrix.T), vec @ matrix.T, atol=1e-5)
 
 
 def _pattern(project: str, path: str, description: str) -> Pattern:
@@ -191,6 +192,30 @@ def test_ranker_follows_the_index_project_by_project(tmp_path: Path) -> None:
         index.replace_project("zoo", [_pattern("zoo", "c.txt", "truck")], state)
     assert ranker.sync(index) == 1
     assert {r.file_path for r in ranker.rank(index, "car", 5, (None, False))} == {"b.txt", "c.txt"}
+    index.close()
+
+
+def test_ranker_fits_a_basis_to_many_patterns_and_still_ranks_exactly(tmp_path: Path) -> None:
+    from jarvis_kernel.librarian.index import ProjectState
+
+    state = ProjectState(map_rel="m", mtime_ns=0, size=0, sha256="x")
+    index = PatternIndex(tmp_path / "lib.sqlite", glossary=Glossary([]))
+    ranker = SemanticRanker(_table())
+    rng = np.random.default_rng(5)
+    with index.transaction():
+        for p in range(3):
+            texts = [" ".join(rng.choice(_WORDS, 4)) for _ in range(500)]
+            patterns = [_pattern(f"p{p}", f"f{n}.txt", t) for n, t in enumerate(texts)]
+            index.replace_project(f"p{p}", patterns, state)
+    assert ranker.sync(index) == 1500
+    slots = ranker._slots
+    assert slots.fitted == 1500  # a basis of their own (vectors.py)
+    for query, scope in [("kitten road", (None, False)), ("truck", ("p1", True))]:
+        _, scores = ranker.nearest(query, 10, scope)
+        exact = slots.full[: slots.used] @ ranker.query_vector(query)
+        if scope[0] is not None:
+            exact[slots.code[: slots.used] == slots.codes[scope[0]]] = -np.inf
+        assert np.allclose(scores, np.sort(exact)[::-1][:10], atol=1e-5)
     index.close()
 
 
