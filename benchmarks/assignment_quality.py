@@ -9,10 +9,12 @@ Needs the ``bench`` extra (scipy) for the optimum: ``pip install -e '.[bench]'``
 What runs
 ---------
 A seeded synthetic swarm (`make_workload`): 8 workers of capacity 1 on five models, each
-with a few strong skills. Every worker has a TRUE expertise (hidden ground truth) and a
-DECLARED one (what it registers and bids from). Most workers declare the truth; a few
-**overclaim** a skill they are bad at, and one **underclaims** a skill it is good at. The
-tasks come in batches of k = 8 (the number of worker slots), each batch submitted only once
+with one strong skill (true 0.8-0.95; every skill has exactly one strong worker), one medium
+skill (0.45-0.6) and a floor (0.05-0.25, undeclared) on the rest. Every worker has a TRUE
+expertise (hidden ground truth) and a DECLARED one (what it registers and bids from). Most
+workers declare the truth; a few **overclaim** a skill they are bad at, and one
+**underclaims** a skill it is good at (the only strong worker of that skill). The tasks
+come in batches of k = 8 (the number of worker slots), each batch submitted only once
 the previous one has finished and every worker has reported itself idle, so that each
 batch is one k x k assignment problem.
 
@@ -154,7 +156,8 @@ class Workload:
 def _workers(rng: random.Random) -> list[SimWorker]:
     skills = list(SKILLS)
     rng.shuffle(skills)
-    # strong skills round-robin over a shuffled list: every skill has >= 2 strong workers
+    # strong skills round-robin over a shuffled list; with as many skills as workers,
+    # worker i gets skills[i] twice: one strong skill each, one strong worker per skill
     strong: list[list[str]] = [[] for _ in MODELS]
     for i, skill in enumerate(skills * 2):
         strong[i % len(MODELS)].append(skill)
