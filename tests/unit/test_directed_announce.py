@@ -121,7 +121,12 @@ async def test_property_the_winner_bids_what_announcing_to_all_would_give(seed: 
     heard = sent_to_all = asked_later = 0
     for _ in range(6):
         bidders = _direct(_bidders(rng))
-        async with open_market(list(bidders), on_bounds=True) as (auctioneer, bus, keys, clock):
+        async with open_market(list(bidders), early_close_on_bounds=True) as (
+            auctioneer,
+            bus,
+            keys,
+            clock,
+        ):
             with anyio.fail_after(30):
                 for n in range(10):
                     delays = rng.sample(range(1, 40), len(bidders))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -347,20 +348,19 @@ class Bidder:
 
 @asynccontextmanager
 async def open_market(
-    bidders: list[Bidder], *, on_bounds: bool
+    bidders: list[Bidder], **market: Any
 ) -> AsyncIterator[tuple[Auctioneer, MemoryBus, Keys, FakeClock]]:
+    """The auctioneer and `bidders` on a FakeClock and MemoryBus; `market`: MarketConfig
+    fields over a 30 s window, one round, no pause polling."""
     clock = FakeClock()
     bus, keys = MemoryBus(clock=clock), Keys("ec")
-    market = MarketConfig(
-        window_s=30.0, max_rounds=1, pause_poll_s=1000.0, early_close_on_bounds=on_bounds
-    )
+    config = MarketConfig(**{"window_s": 30.0, "max_rounds": 1, "pause_poll_s": 1000.0, **market})
     liveness = LivenessConfig(heartbeat_s=1000.0, dead_after_s=1e6)
     auctioneer = Auctioneer(
-        bus=bus, keys=keys, clock=clock, market=market, liveness=liveness, scoring=CONFIG
+        bus=bus, keys=keys, clock=clock, market=config, liveness=liveness, scoring=CONFIG
     )
     for bidder in bidders:
-        await bus.hset(keys.workers, {bidder.worker_id: bidder.info()})
-        await bus.zadd(keys.heartbeats, {bidder.worker_id: clock.time_ms()})
+        await register(bus, keys, clock, bidder)
     async with anyio.create_task_group() as tg:
         for bidder in bidders:
             await tg.start(bidder.run, bus, keys, clock)
@@ -368,6 +368,12 @@ async def open_market(
         yield auctioneer, bus, keys, clock
         tg.cancel_scope.cancel()
     await bus.aclose()
+
+
+async def register(bus: MemoryBus, keys: Keys, clock: FakeClock, bidder: Bidder) -> None:
+    """`bidder` registered and beating now."""
+    await bus.hset(keys.workers, {bidder.worker_id: bidder.info()})
+    await bus.zadd(keys.heartbeats, {bidder.worker_id: clock.time_ms()})
 
 
 async def _settle() -> None:
@@ -426,7 +432,12 @@ def _scenarios(seed: int, count: int) -> Iterator[tuple[random.Random, list[Bidd
 async def test_property_auctioneer_early_close_awards_as_waiting_would(seed: int) -> None:
     closed_early = 0
     for rng, bidders in _scenarios(seed, 10):
-        async with open_market(bidders, on_bounds=True) as (auctioneer, bus, keys, clock):
+        async with open_market(bidders, early_close_on_bounds=True) as (
+            auctioneer,
+            bus,
+            keys,
+            clock,
+        ):
             with anyio.fail_after(30):
                 for n in range(15):
                     delays = rng.sample(range(1, 40), len(bidders))
@@ -486,7 +497,12 @@ async def test_without_bounds_it_waits_for_every_eligible_worker() -> None:
         for i in range(3)
     ]
     for on_bounds, late in ((False, 0), (True, 2)):
-        async with open_market(bidders, on_bounds=on_bounds) as (auctioneer, bus, keys, clock):
+        async with open_market(bidders, early_close_on_bounds=on_bounds) as (
+            auctioneer,
+            bus,
+            keys,
+            clock,
+        ):
             with anyio.fail_after(30):
                 for n, task_id in enumerate(("warm-up", "t")):
                     for i, bidder in enumerate(bidders):
@@ -582,7 +598,7 @@ async def test_a_pause_the_kernel_has_not_seen_yet_still_stops_the_announce() ->
     is not announced after it); the task waits in the queue for the resume."""
     rng = random.Random(9)
     bidders = [Bidder("w0", model="gemini:flash", expertise={}, foreign=False, rng=rng)]
-    async with open_market(bidders, on_bounds=True) as (auctioneer, bus, keys, clock):
+    async with open_market(bidders, early_close_on_bounds=True) as (auctioneer, bus, keys, clock):
         with anyio.fail_after(10):
             await bus.set(keys.paused, encode(PauseInfo(reason="test")))  # not read yet
             await auctioneer.submit(Task(task_id="t-p"))

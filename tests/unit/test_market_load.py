@@ -10,49 +10,26 @@ waits again, and through all of it no worker left idle could have beaten a winne
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 import pytest
 
 from jarvis_kernel.bus.memory import MemoryBus
 from jarvis_kernel.clock import FakeClock
-from jarvis_kernel.config import LivenessConfig, MarketConfig
 from jarvis_kernel.market.auctioneer import Auctioneer
 from jarvis_kernel.market.windows import Auction
 from jarvis_kernel.protocol import Assignment, Keys, Task, TaskCompleted, decode, encode
 
 from .test_directed_announce import DirectBidder, _direct, _would_bid
-from .test_early_close import CONFIG, Bidder, _complete, _flush, _settle, _winner
-
-
-@asynccontextmanager
-async def _market(
-    bidders: list[Bidder], **market: Any
-) -> AsyncIterator[tuple[Auctioneer, MemoryBus, Keys, FakeClock]]:
-    clock = FakeClock()
-    bus, keys = MemoryBus(clock=clock), Keys("ml")
-    config = MarketConfig(**{"window_s": 30.0, "max_rounds": 1, "pause_poll_s": 1000.0, **market})
-    liveness = LivenessConfig(heartbeat_s=1000.0, dead_after_s=1e6)
-    auctioneer = Auctioneer(
-        bus=bus, keys=keys, clock=clock, market=config, liveness=liveness, scoring=CONFIG
-    )
-    for bidder in bidders:
-        await _register(bus, keys, clock, bidder)
-    async with anyio.create_task_group() as tg:
-        for bidder in bidders:
-            await tg.start(bidder.run, bus, keys, clock)
-        await tg.start(auctioneer.run)
-        yield auctioneer, bus, keys, clock
-        tg.cancel_scope.cancel()
-    await bus.aclose()
-
-
-async def _register(bus: MemoryBus, keys: Keys, clock: FakeClock, bidder: Bidder) -> None:
-    await bus.hset(keys.workers, {bidder.worker_id: bidder.info()})
-    await bus.zadd(keys.heartbeats, {bidder.worker_id: clock.time_ms()})
+from .test_early_close import (
+    Bidder,
+    _complete,
+    _flush,
+    _settle,
+    _winner,
+    open_market,
+    register,
+)
 
 
 async def _awarded(bus: MemoryBus, keys: Keys, workers: list[str]) -> dict[str, str]:
@@ -91,7 +68,7 @@ def _trio(rng: random.Random, weights: tuple[float, ...] = (0.9, 0.6, 0.3)) -> l
 async def test_a_worker_full_with_this_kernels_awards_does_not_hear_announcements() -> None:
     """Only a worker full by the load it reported (which may be a beat old) hears them."""
     bidders = _trio(random.Random(2))
-    async with _market(list(bidders)) as (auctioneer, bus, keys, clock):
+    async with open_market(list(bidders)) as (auctioneer, bus, keys, clock):
         with anyio.fail_after(30):
             await _warm_up(auctioneer, bus, keys, clock, list(bidders))
             await auctioneer.submit(Task(task_id="kept", required_skills=["react"]))
@@ -118,7 +95,7 @@ async def test_a_joint_award_waits_only_for_the_auctions_open_when_it_formed() -
             for i, w in enumerate((0.9, 0.6, 0.3, 0.5))
         ]
     )
-    async with _market([w0, w1, w2, w3], joint_award_s=10.0) as (auctioneer, bus, keys, clock):
+    async with open_market([w0, w1, w2, w3], joint_award_s=10.0) as (auctioneer, bus, keys, clock):
         await bus.hdel(keys.workers, "w2", "w3")  # not registered yet
         await auctioneer.refresh_workers()
         ids = ["w0", "w1", "w2", "w3"]
@@ -126,13 +103,13 @@ async def test_a_joint_award_waits_only_for_the_auctions_open_when_it_formed() -
             await _warm_up(auctioneer, bus, keys, clock, [w0, w1])
             w2.delay_s, w3.delay_s = 0.003, 0.1
             await auctioneer.submit(Task(task_id="A", required_skills=["react"]))
-            await _register(bus, keys, clock, w2)
+            await register(bus, keys, clock, w2)
             await auctioneer.refresh_workers()
             await auctioneer.submit(Task(task_id="B", required_skills=["react"]))
             await _settle()
             await clock.advance(0.002)  # A has closed (w0, w1 answered); B waits for w2
             await _settle()
-            await _register(bus, keys, clock, w3)
+            await register(bus, keys, clock, w3)
             await auctioneer.refresh_workers()
             await auctioneer.submit(Task(task_id="C", required_skills=["react"]))
             won: dict[str, str] = {}
@@ -157,7 +134,7 @@ async def test_a_bid_that_comes_while_an_auction_waits_in_a_joint_award_counts()
     late = _direct(
         [Bidder("w3", model="gemini:flash", expertise={"react": 0.3}, foreign=False, rng=rng)]
     )[0]
-    async with _market([*bidders, late], joint_award_s=10.0) as (auctioneer, bus, keys, clock):
+    async with open_market([*bidders, late], joint_award_s=10.0) as (auctioneer, bus, keys, clock):
         await bus.hdel(keys.workers, "w3")
         await auctioneer.refresh_workers()
         ids = ["w0", "w1", "w2", "w3"]
@@ -168,7 +145,7 @@ async def test_a_bid_that_comes_while_an_auction_waits_in_a_joint_award_counts()
             for bidder, delay in zip(bidders, (0.001, 0.001, 0.003), strict=True):
                 bidder.delay_s = delay
             await auctioneer.submit(Task(task_id="A", required_skills=["react"]))
-            await _register(bus, keys, clock, late)
+            await register(bus, keys, clock, late)
             late.delay_s = 0.01
             await auctioneer.refresh_workers()
             await auctioneer.submit(Task(task_id="B", required_skills=["react"]))
@@ -212,7 +189,7 @@ async def test_property_overlapping_auctions_no_idle_worker_could_beat_a_winner(
             ]
         )
         ids = [b.worker_id for b in bidders]
-        async with _market(list(bidders)) as (auctioneer, bus, keys, clock):
+        async with open_market(list(bidders)) as (auctioneer, bus, keys, clock):
             with anyio.fail_after(60):
                 await _warm_up(auctioneer, bus, keys, clock, list(bidders))
                 for wave in range(4):
