@@ -44,7 +44,7 @@ class JointBatch:
     """Auctions closed and waiting to be awarded together (``market.joint_award_s``).
 
     They stay open to bids meanwhile (in ``Auctioneer._auctions``, marked `settling`): a bid
-    that comes before the award is one stand-in fewer.
+    that comes before the award counts in it.
     """
 
     __slots__ = ("decided", "members", "ready", "waiting", "winners")
