@@ -485,9 +485,7 @@ class Auctioneer(Closing):
         del self._auctions[task_id]
         batch = self._batch
         if batch is not None and task_id in batch.waiting:
-            batch.waiting.discard(task_id)
-            if not batch.waiting:
-                batch.ready.set()
+            batch.no_longer_waiting(task_id)
         if not self._auctions:
             self._idle.set()
         self._wake_dispatch()

@@ -56,6 +56,12 @@ class JointBatch:
         self.decided = anyio.Event()
         self.winners: dict[str, ReceivedBid | None] = {}
 
+    def no_longer_waiting(self, task_id: str) -> None:
+        """The auction of `task_id` joined the batch or ended: it holds the batch up no more."""
+        self.waiting.discard(task_id)
+        if not self.waiting:
+            self.ready.set()
+
 
 class _Stats(Protocol):
     counts: Counter[str]
@@ -261,9 +267,7 @@ class Closing:
             batch = self._batch = JointBatch(set(self._auctions) - {auction.task_id})
         batch.members[auction.task_id] = auction
         auction.settling = True
-        batch.waiting.discard(auction.task_id)
-        if not batch.waiting:
-            batch.ready.set()
+        batch.no_longer_waiting(auction.task_id)
         try:
             if not leader:
                 await batch.decided.wait()
