@@ -37,6 +37,18 @@ from typing import Any
 import msgspec
 
 from .formats import Pattern
+from .keywords import (
+    COLUMNS,
+    TOKENIZE,
+    Phrase,
+    Terms,
+    Tokenizer,
+    available,
+    bm25,
+    idf_of,
+    order,
+    phrases_of,
+)
 from .taxonomy import Glossary
 from .text import fts_text
 
@@ -61,12 +73,11 @@ CREATE TABLE IF NOT EXISTS docs(
     capabilities TEXT NOT NULL, glosses TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS docs_project ON docs(project);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-    name, tags, description, path, symbols, gloss, proj,
-    tokenize = 'porter unicode61 remove_diacritics 2');
+    {columns}, tokenize = '{tokenize}');
 CREATE TABLE IF NOT EXISTS caps(project TEXT NOT NULL, capability TEXT NOT NULL,
     PRIMARY KEY (capability, project)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS words(word TEXT PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID;
-"""
+""".format(columns=", ".join(COLUMNS), tokenize=TOKENIZE)
 
 _PATTERNS_DECODER = msgspec.json.Decoder(list[Pattern])
 _ENCODER = msgspec.json.Encoder()
@@ -111,6 +122,13 @@ class PatternIndex:
         self._chunks: dict[str, bytes] | None = None
         # projects replaced or removed since `take_touched`; None: anything may have changed
         self._touched: set[str] | None = None
+        # the FTS rows in memory for bm25 (keywords.py), loaded by the first search
+        self._tokenizer: Tokenizer | None = None
+        self._terms: Terms | None = None
+        self._seen_version: int | None = None  # PRAGMA data_version when `_terms` was right
+        # (column, phrase) -> rows holding it, until the index changes
+        self._rows_with: dict[tuple[int | None, str], int] = {}
+        self._in_memory = available()  # else `search` ranks in SQLite
 
     def _open(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,9 +177,12 @@ class PatternIndex:
         self._delete_files()
         self._db = self._connect()
         self._touched = None
+        self._drop_terms()
 
     def close(self) -> None:
         self._db.close()
+        if self._tokenizer is not None:
+            self._tokenizer.close()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -172,6 +193,7 @@ class PatternIndex:
         except BaseException:
             self._chunks = None
             self._touched = None
+            self._drop_terms()
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
@@ -257,26 +279,32 @@ class PatternIndex:
                 for i, (p, ids) in enumerate(zip(live, found, strict=True), 1)
             ],
         )
+        rows = [
+            (
+                start + i,
+                fts_text([p.name]),
+                fts_text([*p.tags, *p.capabilities]),
+                fts_text([p.description]),
+                fts_text([p.file_path]),
+                fts_text(p.symbols),
+                " ".join(gloss.tokens[g] for g in ids),
+                token,
+            )
+            for i, (p, ids) in enumerate(zip(live, found, strict=True), 1)
+        ]
         self._db.executemany(
-            "INSERT INTO fts(rowid, name, tags, description, path, symbols, gloss, proj) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    start + i,
-                    fts_text([p.name]),
-                    fts_text([*p.tags, *p.capabilities]),
-                    fts_text([p.description]),
-                    fts_text([p.file_path]),
-                    fts_text(p.symbols),
-                    " ".join(gloss.tokens[g] for g in ids),
-                    token,
-                )
-                for i, (p, ids) in enumerate(zip(live, found, strict=True), 1)
-            ],
+            f"INSERT INTO fts(rowid, {', '.join(COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
         )
         self._db.executemany("INSERT INTO caps VALUES (?, ?)", [(project, c) for c in caps])
+        self._rows_with.clear()
+        if self._terms is not None:
+            self._terms.add_many((row[0], row[1:]) for row in rows)
 
     def remove_project(self, project: str) -> None:
+        self._rows_with.clear()
+        if self._terms is not None:
+            for (rowid,) in self._db.execute("SELECT rowid FROM docs WHERE project=?", (project,)):
+                self._terms.discard(int(rowid))
         self._db.execute(
             "DELETE FROM fts WHERE rowid IN (SELECT rowid FROM docs WHERE project=?)", (project,)
         )
@@ -292,6 +320,7 @@ class PatternIndex:
         """Another writer changed the file: read the patterns from SQLite next time."""
         self._chunks = None
         self._touched = None
+        self._drop_terms()
 
     def take_touched(self) -> set[str] | None:
         """The projects replaced or removed since the last call (None: any may have been,
@@ -302,6 +331,7 @@ class PatternIndex:
     def clear(self) -> None:
         self._chunks = {}
         self._touched = None
+        self._drop_terms()
         for table in ("projects", "docs", "fts", "caps"):
             self._db.execute(f"DELETE FROM {table}")
 
@@ -366,19 +396,95 @@ class PatternIndex:
     def search(
         self, match: str, weights: Sequence[float], limit: int, candidates: int = 500
     ) -> list[DocRow]:
-        """Rows matching FTS5 expression `match`, best first (bm25 with column `weights`).
+        """Rows matching FTS5 expression `match`, best first (bm25 with column `weights`,
+        ties by rowid).
 
-        bm25 costs about a microsecond a row, so only the first `candidates` matches (in
-        rowid order) are ranked: exact when fewer match, bounded latency when more do.
+        Only the first `candidates` matches (in rowid order) are ranked: exact when fewer
+        match, bounded latency when more do. FTS5 finds them; their bm25 is computed here
+        (keywords.py: the same numbers, without FTS5's walk of every row of every phrase).
+        `match` is an expression as search.py writes them (quoted phrases, column filters,
+        AND / OR / NOT); `search_sql` ranks any expression in SQLite.
         """
+        if not self._in_memory:
+            return self.search_sql(match, weights, limit, candidates)
+        phrases = phrases_of(match)
+        rowids = [
+            int(r[0])
+            for r in self._db.execute(
+                "SELECT rowid FROM fts WHERE fts MATCH ? LIMIT ?", (match, candidates)
+            )
+        ]
+        if not rowids:
+            return []
+        terms = self._current_terms()
+        if not all(r in terms for r in rowids):  # written meanwhile by another connection
+            self._drop_terms()
+            return self.search_sql(match, weights, limit, candidates)
+        rows_in_table = len(terms)
+        weights = (*weights, 0.0)  # the column proj weighs nothing, as in `search_sql`
+        kept: list[Phrase] = []
+        idf: list[float] = []
+        for column, text in phrases:
+            if column is not None and weights[column] == 0.0:
+                continue  # its instances weigh nothing: it adds 0 to every score
+            phrase = Phrase(self._tokenizer_().terms(text), column)
+            if phrase.terms:
+                kept.append(phrase)
+                idf.append(idf_of(rows_in_table, self._rows_holding(column, text)))
+        scores = bm25(terms, rowids, kept, idf, weights, rows_in_table)
+        best = [int(i) for i in order(scores, rowids)[:limit]]
+        docs = self.docs_by_rowid([rowids[i] for i in best])
+        return [
+            msgspec.structs.replace(docs[rowids[i]], rank=float(scores[i]))
+            for i in best
+            if rowids[i] in docs
+        ]
+
+    def search_sql(
+        self, match: str, weights: Sequence[float], limit: int, candidates: int = 500
+    ) -> list[DocRow]:
+        """`search` ranked by SQLite's ``bm25()`` (walks every row holding each phrase)."""
         sql = (
             "SELECT d.project, d.name, d.description, d.file_path, d.capabilities, r.rank "
             "FROM (SELECT rowid, rank FROM "
             "        (SELECT rowid, bm25(fts, ?, ?, ?, ?, ?, ?, 0.0) AS rank FROM fts "
-            "         WHERE fts MATCH ? LIMIT ?) ORDER BY rank LIMIT ?) AS r "
-            "JOIN docs d ON d.rowid = r.rowid ORDER BY r.rank"
+            "         WHERE fts MATCH ? LIMIT ?) ORDER BY rank, rowid LIMIT ?) AS r "
+            "JOIN docs d ON d.rowid = r.rowid ORDER BY r.rank, r.rowid"
         )
         rows = self._db.execute(sql, (*weights, match, candidates, limit)).fetchall()
         return [
             DocRow(r[0], r[1], r[2], r[3], r[4].split() if r[4] else [], -float(r[5])) for r in rows
         ]
+
+    def _tokenizer_(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer()
+        return self._tokenizer
+
+    def _current_terms(self) -> Terms:
+        """The FTS rows in memory, (re)loaded when missing or when another connection wrote
+        to the file since (``PRAGMA data_version``)."""
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        if self._terms is None or version != self._seen_version:
+            self._drop_terms()
+            terms = Terms(self._tokenizer_())
+            cursor = self._db.execute(f"SELECT rowid, {', '.join(COLUMNS)} FROM fts")
+            terms.add_many((int(row[0]), row[1:]) for row in cursor)
+            self._terms = terms
+            self._seen_version = version
+        return self._terms
+
+    def _drop_terms(self) -> None:
+        self._terms = None
+        self._seen_version = None
+        self._rows_with.clear()
+
+    def _rows_holding(self, column: int | None, text: str) -> int:
+        key = (column, text)
+        count = self._rows_with.get(key)
+        if count is None:
+            phrase = f'"{text}"' if column is None else f'{COLUMNS[column]} : "{text}"'
+            sql = "SELECT count(*) FROM fts WHERE fts MATCH ?"
+            count = int(self._db.execute(sql, (phrase,)).fetchone()[0])
+            self._rows_with[key] = count
+        return count
