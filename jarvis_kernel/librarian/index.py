@@ -105,6 +105,7 @@ class DocRow(msgspec.Struct, frozen=True):
     file_path: str
     capabilities: list[str]
     rank: float
+    rowid: int = 0  # in the index (0: not known)
 
 
 class PatternIndex:
@@ -385,7 +386,7 @@ class PatternIndex:
             list(rowids),
         )
         return {
-            int(r[0]): DocRow(r[1], r[2], r[3], r[4], r[5].split() if r[5] else [], 0.0)
+            int(r[0]): DocRow(r[1], r[2], r[3], r[4], r[5].split() if r[5] else [], 0.0, int(r[0]))
             for r in rows
         }
 
@@ -394,32 +395,33 @@ class PatternIndex:
 
     # -- search
     def search(
-        self, match: str, weights: Sequence[float], limit: int, candidates: int = 500
+        self,
+        match: str,
+        weights: Sequence[float],
+        limit: int,
+        candidates: int = 500,
+        include: Sequence[int] = (),
     ) -> list[DocRow]:
         """Rows matching FTS5 expression `match`, best first (bm25 with column `weights`,
         ties by rowid).
 
-        Only the first `candidates` matches (in rowid order) are ranked: exact when fewer
-        match, bounded latency when more do. FTS5 finds them; their bm25 is computed here
+        Only the first `candidates` matches (in rowid order) are ranked, and the rows of
+        `include` (which must match too): exact when fewer match, bounded latency when more
+        do. FTS5 finds them; their bm25 is computed here
         (keywords.py: the same numbers, without FTS5's walk of every row of every phrase).
         `match` is an expression as search.py writes them (quoted phrases, column filters,
         AND / OR / NOT); `search_sql` ranks any expression in SQLite.
         """
         if not self._in_memory:
-            return self.search_sql(match, weights, limit, candidates)
+            return self.search_sql(match, weights, limit, candidates, include)
         phrases = phrases_of(match)
-        rowids = [
-            int(r[0])
-            for r in self._db.execute(
-                "SELECT rowid FROM fts WHERE fts MATCH ? LIMIT ?", (match, candidates)
-            )
-        ]
+        sql = "SELECT rowid FROM fts WHERE fts MATCH ? LIMIT ?"
+        rowids: list[int] = [r for (r,) in self._db.execute(sql, (match, candidates)).fetchall()]
+        if include:
+            rowids = sorted({*rowids, *include})
         if not rowids:
             return []
         terms = self._current_terms()
-        if not all(r in terms for r in rowids):  # written meanwhile by another connection
-            self._drop_terms()
-            return self.search_sql(match, weights, limit, candidates)
         rows_in_table = len(terms)
         weights = (*weights, 0.0)  # the column proj weighs nothing, as in `search_sql`
         kept: list[Phrase] = []
@@ -431,7 +433,11 @@ class PatternIndex:
             if phrase.terms:
                 kept.append(phrase)
                 idf.append(idf_of(rows_in_table, self._rows_holding(column, text)))
-        scores = bm25(terms, rowids, kept, idf, weights, rows_in_table)
+        try:
+            scores = bm25(terms, rowids, kept, idf, weights, rows_in_table)
+        except KeyError:  # a row another connection wrote after `_current_terms` looked
+            self._drop_terms()
+            return self.search_sql(match, weights, limit, candidates, include)
         best = [int(i) for i in order(scores, rowids)[:limit]]
         docs = self.docs_by_rowid([rowids[i] for i in best])
         return [
@@ -441,19 +447,33 @@ class PatternIndex:
         ]
 
     def search_sql(
-        self, match: str, weights: Sequence[float], limit: int, candidates: int = 500
+        self,
+        match: str,
+        weights: Sequence[float],
+        limit: int,
+        candidates: int = 500,
+        include: Sequence[int] = (),
     ) -> list[DocRow]:
         """`search` ranked by SQLite's ``bm25()`` (walks every row holding each phrase)."""
+        first = "SELECT rowid FROM fts WHERE fts MATCH ? LIMIT ?"
+        if include:
+            marks = ",".join("?" * len(include))
+            where = f"fts MATCH ? AND (rowid IN ({first}) OR rowid IN ({marks}))"
+            args: tuple[object, ...] = (match, match, candidates, *include)
+        else:
+            where, args = "fts MATCH ? LIMIT ?", (match, candidates)
         sql = (
-            "SELECT d.project, d.name, d.description, d.file_path, d.capabilities, r.rank "
+            "SELECT d.project, d.name, d.description, d.file_path, d.capabilities, r.rank, "
+            "r.rowid "
             "FROM (SELECT rowid, rank FROM "
             "        (SELECT rowid, bm25(fts, ?, ?, ?, ?, ?, ?, 0.0) AS rank FROM fts "
-            "         WHERE fts MATCH ? LIMIT ?) ORDER BY rank, rowid LIMIT ?) AS r "
+            f"         WHERE {where}) ORDER BY rank, rowid LIMIT ?) AS r "
             "JOIN docs d ON d.rowid = r.rowid ORDER BY r.rank, r.rowid"
         )
-        rows = self._db.execute(sql, (*weights, match, candidates, limit)).fetchall()
+        rows = self._db.execute(sql, (*weights, *args, limit)).fetchall()
         return [
-            DocRow(r[0], r[1], r[2], r[3], r[4].split() if r[4] else [], -float(r[5])) for r in rows
+            DocRow(r[0], r[1], r[2], r[3], r[4].split() if r[4] else [], -float(r[5]), r[6])
+            for r in rows
         ]
 
     def _tokenizer_(self) -> Tokenizer:

@@ -34,12 +34,23 @@ from .index import DocRow, PatternIndex, project_token
 from .taxonomy import Taxonomy
 from .text import stem, tokens, words
 
-__all__ = ["DEFAULT_WEIGHTS", "Hit", "Mode", "QueryPlan", "plan_query", "rrf", "run_search"]
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "Hit",
+    "Mode",
+    "QueryPlan",
+    "dense_ranks",
+    "plan_query",
+    "rrf",
+    "run_search",
+]
 
 Mode = Literal["keyword", "expanded", "fused", "semantic", "static"]
 # (limit, (project, exclude)) -> started: a call that returns the patterns nearest the
 # query by embedding, computed meanwhile (the keyword list is fetched in between)
 Dense = Callable[[int, tuple[str | None, bool]], Callable[[], list[DocRow]]]
+# rows -> the score the dense pass gives each (None: it has no vector)
+Rescore = Callable[[Sequence[DocRow]], list[float | None]]
 
 # bm25 weights of the columns name, tags (and capabilities), description, path, symbols and
 # gloss (what the technical terms a pattern mentions mean: taxonomy.Glossary).
@@ -134,18 +145,45 @@ def rrf(
     limit: int,
     k: float = _RRF_K,
     weights: Sequence[float] | None = None,
+    ranks: Sequence[Sequence[int] | None] | None = None,
 ) -> list[DocRow]:
-    """Reciprocal rank fusion: score = sum of weight / (k + rank) over the lists."""
+    """Reciprocal rank fusion: score = sum of weight / (k + rank) over the lists (a row's
+    rank: its place in its list, or `ranks[n]` where given)."""
     scores: dict[tuple[str, str, str], float] = {}
     rows: dict[tuple[str, str, str], DocRow] = {}
     for n, ranked in enumerate(lists):
         weight = 1.0 if weights is None else weights[n]
-        for rank, row in enumerate(ranked, start=1):
+        given = None if ranks is None else ranks[n]
+        for place, row in enumerate(ranked):
+            rank = place + 1 if given is None else given[place]
             key = (row.project, row.file_path, row.name)
             scores[key] = scores.get(key, 0.0) + weight / (k + rank)
             rows.setdefault(key, row)
     best = sorted(scores, key=lambda key: -scores[key])[:limit]
     return [msgspec.structs.replace(rows[key], rank=scores[key]) for key in best]
+
+
+_TIE = 1e-6  # dense scores closer than this are equal (float32 sums in another order)
+
+
+def dense_ranks(
+    dense: Sequence[DocRow], depth: int, others: Sequence[DocRow], rescore: Rescore | None
+) -> tuple[list[DocRow], list[int]]:
+    """The dense list with ranks by score (1 + how many score higher: equal scores share a
+    rank), extended by those of `others` (the keyword list) that score as high as its
+    last, found by `rescore`: patterns with the same vector tie, so which of them the
+    dense pass happened to list must not decide the fusion (an identifier's own file
+    among 20,000 look-alikes)."""
+    rows, scores = list(dense), [r.rank for r in dense]
+    if rescore is not None and len(dense) >= depth:
+        listed = {(r.project, r.rowid) for r in dense}
+        todo = [r for r in others if (r.project, r.rowid) not in listed]
+        for row, score in zip(todo, rescore(todo) if todo else [], strict=True):
+            if score is not None and score >= scores[-1] - _TIE:
+                rows.append(msgspec.structs.replace(row, rank=score))
+                scores.append(score)
+    ranks = [1 + sum(other > score + _TIE for other in scores) for score in scores]
+    return rows, ranks
 
 
 def _alongside(
@@ -171,18 +209,22 @@ def _ranked(
     weights: Sequence[float],
     candidates: int,
     dense: Dense | None = None,
+    rescore: Rescore | None = None,
 ) -> list[DocRow]:
     project, exclude = scope
 
     def ranked(expanded: bool, depth: int) -> list[DocRow]:
-        # Every query word present first (precise, and few rows to rank); else any of them.
+        # Every query word present first (precise, and few rows to rank); else any of them,
+        # those with every word always among the rows ranked (not lost past the cap)
+        every: list[int] = []
         if len(plan.terms) > 1:
-            every = " AND ".join(_quote(t) for t in plan.terms)
-            rows = index.search(_scoped(every, project, exclude), weights, depth, candidates)
+            match = " AND ".join(_quote(t) for t in plan.terms)
+            rows = index.search(_scoped(match, project, exclude), weights, depth, candidates)
             if len(rows) >= depth:
                 return rows
+            every = [r.rowid for r in rows]
         match = match_expression(plan, expanded=expanded)
-        return index.search(_scoped(match, project, exclude), weights, depth, candidates)
+        return index.search(_scoped(match, project, exclude), weights, depth, candidates, every)
 
     def every_word(depth: int) -> list[DocRow]:
         if not plan.terms:
@@ -199,7 +241,9 @@ def _ranked(
         return rrf(_alongside(lambda: every_word(depth), dense(depth, scope)), limit)
     if mode == "static" and dense is not None:
         k, shares = _STATIC_RRF
-        return rrf(_alongside(lambda: ranked(True, depth), dense(depth, scope)), limit, k, shares)
+        keyword, near = _alongside(lambda: ranked(True, depth), dense(depth, scope))
+        near, ranks = dense_ranks(near, depth, keyword, rescore)
+        return rrf([keyword, near], limit, k, shares, [None, ranks])
     first = ranked(False, depth) if plan.terms else []
     return rrf([first, ranked(True, depth)], limit)
 
@@ -226,29 +270,20 @@ def run_search(
     weights: Sequence[float] = DEFAULT_WEIGHTS,
     candidates: int = 500,
     dense: Dense | None = None,
+    rescore: Rescore | None = None,
 ) -> list[Hit]:
     """Hits best first. A project named in the query scopes it; else with `active_project`
     up to `limit` hits of that project and up to `limit` of the others, labelled `active`."""
     if not plan.terms and not plan.expansions and not plan.capabilities and dense is None:
         return []
+
+    def ranked(scope: tuple[str | None, bool]) -> list[DocRow]:
+        return _ranked(index, plan, mode, limit, scope, weights, candidates, dense, rescore)
+
     if plan.project is not None:
-        rows = _ranked(index, plan, mode, limit, (plan.project, False), weights, candidates, dense)
-        return [_hit(r, None) for r in rows]
+        return [_hit(r, None) for r in ranked((plan.project, False))]
     if active_project is None:
-        return [
-            _hit(r, None)
-            for r in _ranked(index, plan, mode, limit, (None, False), weights, candidates, dense)
-        ]
-    mine = [
-        _hit(r, True)
-        for r in _ranked(
-            index, plan, mode, limit, (active_project, False), weights, candidates, dense
-        )
-    ]
-    others = [
-        _hit(r, False)
-        for r in _ranked(
-            index, plan, mode, limit, (active_project, True), weights, candidates, dense
-        )
-    ]
+        return [_hit(r, None) for r in ranked((None, False))]
+    mine = [_hit(r, True) for r in ranked((active_project, False))]
+    others = [_hit(r, False) for r in ranked((active_project, True))]
     return sorted([*mine, *others], key=lambda h: -h.score)

@@ -24,6 +24,7 @@ Blocking and CPU-bound, like the rest of the store: call from a worker thread.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -206,6 +207,28 @@ class SemanticRanker:
             code = slots.code[: slots.used]
             drop = (code == mine) if exclude else (code != mine)
         return slots.nearest(query, limit, self._boost(query, model, slots), drop)
+
+    def scores_of(
+        self, text: str, rows: Sequence[DocRow], model: QueryModel = "static"
+    ) -> list[float | None]:
+        """The scores `nearest` would give `rows` (by their project and rowid) for `text`:
+        None for a row without a vector."""
+        np = self._np
+        slots = self._slots
+        query = self.query_vector(text, model)
+        found: list[int | None] = []
+        for row in rows:
+            project = slots.projects.get(row.project)
+            at = None
+            if project is not None and len(project.slots):
+                hit = project.slots[slots.rowid[project.slots] == row.rowid]
+                at = int(hit[0]) if len(hit) else None
+            found.append(at)
+        where = np.asarray([f for f in found if f is not None], dtype=np.int64)
+        if not len(where) or not np.any(query):
+            return [None] * len(rows)
+        scores = iter(slots.scores_of(where, query, self._boost(query, model, slots)).tolist())
+        return [None if f is None else float(next(scores)) for f in found]
 
     def rows(self, index: PatternIndex, found: Matrix, scores: Matrix) -> list[DocRow]:
         """The index's rows of the slots `found` (from `nearest`), scored, in order."""

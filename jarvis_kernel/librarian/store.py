@@ -29,7 +29,7 @@ from .embed import Embedder, EmbedUnavailable
 from .formats import Pattern, Project, Source
 from .index import DocRow, PatternIndex, ProjectState
 from .patterns import extract_patterns, iso_from_ms, ms_from_iso, reconcile
-from .search import Dense, Hit, Mode, plan_query, run_search
+from .search import Dense, Hit, Mode, Rescore, plan_query, run_search
 from .semantic import QueryModel, SemanticRanker
 from .static import WordTable, default_table_path
 from .taxonomy import Taxonomy, load_taxonomy
@@ -419,6 +419,12 @@ class Librarian:
 
         return start
 
+    def _rescore(self, query: str, mode: Mode) -> Rescore | None:
+        ranker = self._ranker() if mode == "static" else None
+        if ranker is None:
+            return None
+        return lambda rows: ranker.scores_of(query, rows, "static")
+
     def _ensure_fresh(self) -> None:
         stamp = _stamp(self.patterns_path)
         if stamp is None or self._index.get_meta("stamp") != stamp:
@@ -465,4 +471,5 @@ class Librarian:
             mode=mode,
             candidates=self.config.max_candidates,
             dense=self._dense(query, mode),
+            rescore=self._rescore(query, mode),
         )

@@ -331,6 +331,17 @@ class Slots:
         exact = self._scores(probe, query, extra)
         return float(np.partition(exact, len(exact) - limit)[len(exact) - limit]) - _EPS
 
+    def scores_of(self, where: Matrix, query: Matrix, boosts: Sequence[Boost] = ()) -> Matrix:
+        """The scores `nearest` gives the slots `where` (any, not only the best)."""
+        np = self._np
+        extra = None
+        if boosts:
+            extra = np.zeros(self.used, dtype=np.float32)
+            for members, value in boosts:
+                hit = where[np.isin(where, members)]
+                extra[hit] += np.float32(value)
+        return self._scores(where, query, extra)
+
     def _scores(self, where: Matrix, query: Matrix, extra: Matrix | None) -> Matrix:
         """Exact scores of the slots `where`: their full vectors read, plus `extra`."""
         np = self._np

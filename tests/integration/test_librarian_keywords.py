@@ -74,6 +74,17 @@ def test_in_memory_bm25_ranks_exactly_as_sqlite(librarian: Librarian) -> None:
     assert compared > 500 and tied > 20 and phrases > 20, (compared, tied, phrases)
 
 
+def test_rows_past_the_cap_can_be_ranked_too(librarian: Librarian) -> None:
+    index = librarian._index
+    match = '"auth" OR "prisma" OR "stripe"'
+    every = [r for (r,) in index._db.execute("SELECT rowid FROM fts WHERE fts MATCH ?", (match,))]
+    late = every[-3:]
+    assert not {r.rowid for r in index.search(match, DEFAULT_WEIGHTS, 50, 3)} & set(late)
+    fast = index.search(match, DEFAULT_WEIGHTS, 50, 3, late)
+    assert {r.rowid for r in fast} == {*every[:3], *late}
+    assert fast == index.search_sql(match, DEFAULT_WEIGHTS, 50, 3, late)
+
+
 def _statements(index: PatternIndex) -> list[str]:
     seen: list[str] = []
     index._db.set_trace_callback(seen.append)
