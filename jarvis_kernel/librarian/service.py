@@ -17,6 +17,7 @@ All blocking work (files, SQLite) runs in a worker thread, one call at a time.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
@@ -139,9 +140,13 @@ class LibrarianService:
                     await anyio.to_thread.run_sync(self.librarian.close)
 
     async def reindex(self) -> IndexReport:
-        """One index run (in a worker thread)."""
+        """One index run (in a worker thread). It never builds the dense modes' word table
+        (a minute or more of CPU, which would also hold up the kernel's shutdown): until
+        ``librarian index`` has built it once, searches rank as ``expanded``."""
         async with self._lock:
-            report = await anyio.to_thread.run_sync(self.librarian.index)
+            report = await anyio.to_thread.run_sync(
+                functools.partial(self.librarian.index, build_table=False)
+            )
         self.last_report = report
         self.runs += 1
         self._ran.set()

@@ -110,6 +110,7 @@ class WordTable:
         self._oov_weight = _SIF_A / (_SIF_A + _ZIPF / max(self._size, 1))
         self._chunk_cache: dict[str, tuple[str, ...]] = {}
         self._rows_cache: dict[str, tuple[int, ...]] = {}
+        self.path: Path | None = None  # where it is cached (`open`)
 
     # -- building and caching
     @classmethod
@@ -140,10 +141,11 @@ class WordTable:
         """The table cached at `path`, built (and saved there) when missing or unreadable."""
         import numpy as np
 
+        table: WordTable | None = None
         if path is not None and path.is_file():
             try:
                 with np.load(path) as data:
-                    return cls(
+                    table = cls(
                         [str(w) for w in data["vocab"]],
                         data["matrix"],
                         [int(r) for r in data["ranks"]],
@@ -152,13 +154,51 @@ class WordTable:
                     )
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 pass  # unreadable: built again below
-        table = cls.build(embedder)
-        if path is not None:
-            try:
-                table.save(path)
-            except OSError as exc:  # a read-only cache: use it anyway, built again next time
-                _log.warning("librarian: cannot cache the word table at %s (%s)", path, exc)
+        if table is None:
+            table = cls.build(embedder)
+            if path is not None:
+                try:
+                    table.save(path)
+                except OSError as exc:  # a read-only cache: use it anyway, built again next time
+                    _log.warning("librarian: cannot cache the word table at %s (%s)", path, exc)
+        table.path = path
+        table.add(table._cached_extra())
         return table
+
+    # -- words outside the vocabulary that every index needs (the glossary's), cached beside
+    def _extra_path(self) -> Path | None:
+        return None if self.path is None else self.path.with_name(f"{self.path.stem}.extra.npz")
+
+    def _cached_extra(self) -> list[tuple[str, Matrix]]:
+        path = self._extra_path()
+        if path is None or not path.is_file():
+            return []
+        try:
+            with self._np.load(path) as data:
+                return list(zip([str(w) for w in data["words"]], data["vectors"], strict=True))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return []  # unreadable: encoded again, and written again
+
+    def encode_and_cache(self, texts: Iterable[str]) -> None:
+        """`encode_missing`, and keep the words encoded beside the cached table, so that
+        the next process (or index) loads them instead of running the model again."""
+        items = self.encode_missing(texts)
+        path = self._extra_path()
+        if not items or path is None:
+            return
+        np = self._np
+        merged = dict(self._cached_extra())
+        merged.update(items)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
+        try:
+            np.savez(
+                tmp,
+                words=np.array(list(merged)),
+                vectors=np.asarray(list(merged.values()), dtype=np.float32),
+            )
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only cache: encoded again next time
+            _log.warning("librarian: cannot cache words at %s (%s)", path, exc)
 
     # -- words
     def _chunk_words(self, chunk: str) -> tuple[str, ...]:

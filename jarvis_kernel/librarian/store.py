@@ -122,12 +122,14 @@ class Librarian:
         self._project_ids: frozenset[str] = frozenset()
         self._ids_stamp: str | None = "unset"
         self._last_stamp: str | None = None
-        # the dense modes' ranker: None until first wanted, False when unavailable
+        # the dense modes' ranker: None until first wanted (or while its word table is not
+        # built), False when unavailable
         self._semantic: SemanticRanker | bool | None = None
+        self._waiting_for_table = False  # logged once: a search found no word table
         # one thread for the dense modes' vector pass, alongside the keyword query
         self._pool: ThreadPoolExecutor | None = None
         if self.config.search_mode in _DENSE_MODES:
-            self._ranker()
+            self._ranker(build=False)
 
     @classmethod
     def from_config(
@@ -142,9 +144,16 @@ class Librarian:
         self._index.close()
 
     # -- building
-    def index(self) -> IndexReport:
-        """Bring patterns.json, global_index.json and the index up to date with the maps."""
+    def index(self, *, build_table: bool = True) -> IndexReport:
+        """Bring patterns.json, global_index.json and the index up to date with the maps.
+
+        With a dense search mode configured (``static``, the default, or ``semantic``) and
+        the embed extra installed, this also builds the word table when it is not cached yet
+        (about a minute, once per machine), unless `build_table` is false: a search never
+        builds it, nor does the kernel's service (docs/memory.md)."""
         started = time.perf_counter()
+        if build_table and self.config.search_mode in _DENSE_MODES:
+            self._ranker(build=True)
         with locked(self.patterns_path):
             try:
                 report = self._index_locked()
@@ -379,26 +388,34 @@ class Librarian:
             atomic_write(self.global_index_path, formats.encode(self._index.global_index()))
 
     # -- answering
-    def _ranker(self) -> SemanticRanker | None:
-        """The dense modes' ranker, loaded once (the word table is built on first use, a
-        minute or two, and cached); None (logged once) without the embed extra."""
+    def _ranker(self, *, build: bool = False) -> SemanticRanker | None:
+        """The dense modes' ranker, loaded once; None (logged once) without the embed extra,
+        or while the word table is not cached and `build` is false (building it takes a
+        minute or two: `index` does it, a search does not)."""
         if self._semantic is None:
+            path = self.config.static_table_path
+            table_path = Path(path) if path else default_table_path(self.config.embed_model_dir)
+            if not build and table_path is not None and not table_path.is_file():
+                if not self._waiting_for_table:
+                    self._waiting_for_table = True
+                    _log.info(
+                        "librarian: no word table yet for %s search, using expanded until "
+                        "`python -m jarvis_kernel librarian index` builds it (once per machine)",
+                        self.config.search_mode,
+                    )
+                return None
             try:
                 embedder = Embedder.load(self.config.embed_model_dir)
             except EmbedUnavailable as exc:
                 _log.warning("librarian: %s search unavailable (%s); using expanded", "dense", exc)
                 self._semantic = False
-            else:
-                path = self.config.static_table_path
-                table = WordTable.open(
-                    Path(path) if path else default_table_path(self.config.embed_model_dir),
-                    embedder,
-                )
-                if table.build_s:
-                    _log.info("librarian: word table built in %.1f s", table.build_s)
-                self._semantic = SemanticRanker(table, self.taxonomy.glossary)
-                with locked(self.patterns_path), self._index.transaction():
-                    self._semantic.sync(self._index)
+                return None
+            table = WordTable.open(table_path, embedder)
+            if table.build_s:
+                _log.info("librarian: word table built in %.1f s", table.build_s)
+            self._semantic = SemanticRanker(table, self.taxonomy.glossary)
+            with locked(self.patterns_path), self._index.transaction():
+                self._semantic.sync(self._index)
         return self._semantic if isinstance(self._semantic, SemanticRanker) else None
 
     def _dense(self, query: str, mode: Mode) -> Dense | None:
@@ -428,7 +445,7 @@ class Librarian:
     def _ensure_fresh(self) -> None:
         stamp = _stamp(self.patterns_path)
         if stamp is None or self._index.get_meta("stamp") != stamp:
-            self.index()
+            self.index(build_table=False)
             stamp = _stamp(self.patterns_path)
         if stamp != self._ids_stamp:
             self._project_ids = frozenset(self._index.states())
@@ -458,7 +475,7 @@ class Librarian:
             self._index.reset()
             if isinstance(self._semantic, SemanticRanker):
                 self._semantic.forget()
-            self.index()
+            self.index(build_table=False)
             return self._search(query, project, limit, mode or self.config.search_mode)
 
     def _search(self, query: str, project: str | None, limit: int, mode: Mode) -> list[Hit]:

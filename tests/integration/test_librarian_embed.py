@@ -304,3 +304,35 @@ def test_a_missing_or_corrupt_table_file_is_built_again(tmp_path: Path) -> None:
     again = WordTable.open(path, embedder=None)  # type: ignore[arg-type]
     assert again.build_s == 0.0  # read from the file this time
     assert np.allclose(again.sums(["kitten road"]), table.sums(["kitten road"]), atol=1e-5)
+
+
+def test_the_word_table_is_built_by_index_never_by_a_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(embed.Embedder, "load", classmethod(lambda cls, folder=None: _FakeModel()))
+    path = tmp_path / "words.npz"
+    config = LibrarianConfig(static_table_path=str(path))  # the default mode: static
+    assert config.search_mode == "static"
+    caplog.set_level("INFO", logger="jarvis_kernel.librarian.store")
+    lib = Librarian(_memory(tmp_path), config=config, taxonomy=Taxonomy(TaxonomyData()))
+    try:
+        lib.index(build_table=False)  # as the kernel's service does
+        for _ in range(2):
+            assert lib.search("cat road") == lib.search("cat road", mode="expanded")
+        assert not path.exists()
+        assert sum("no word table yet" in r.getMessage() for r in caplog.records) == 1
+        lib.index()  # as `librarian index` does
+        assert path.is_file()
+        assert isinstance(lib._semantic, SemanticRanker)
+    finally:
+        lib.close()
+
+
+def test_words_outside_the_vocabulary_are_cached_beside_the_table(tmp_path: Path) -> None:
+    path = tmp_path / "words.npz"
+    table = WordTable.open(path, _FakeModel())  # type: ignore[arg-type]
+    table.encode_and_cache(["kitten zebra", "yak"])
+    assert (tmp_path / "words.extra.npz").is_file()
+    again = WordTable.open(path, embedder=None)  # type: ignore[arg-type]
+    assert again.missing(["zebra yak cat"]) == []  # no model needed: read beside the table
+    assert np.array_equal(again.sums(["zebra yak"]), table.sums(["zebra yak"]))

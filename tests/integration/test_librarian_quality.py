@@ -10,10 +10,11 @@ mode's glossary step were tried, measured once with them final (never used for t
 fifth (tests/data/librarian_queries_heldout4.json) before the static word vectors were tried,
 measured once with them final (never used for tuning).
 
-Modes measured: ``expanded`` (the default, always), ``static`` (static word vectors distilled
-from the sentence model, fused with ``expanded``) and ``semantic`` (static pattern vectors,
-the query embedded by the model); the last two are skipped unless the ``embed`` extra and
-the model weights are installed: docs/memory.md.
+Modes measured: ``expanded`` (keywords with the taxonomy's synonyms and glossary; always),
+``static`` (the default: static word vectors distilled from the sentence model, fused with
+``expanded``) and ``semantic`` (static pattern vectors, the query embedded by the model); the
+last two are skipped unless the ``embed`` extra and the model weights are installed (without
+them ``static`` falls back to ``expanded``): docs/memory.md.
 Run as a script to print the comparison of ranking modes recorded in benchmarks/RESULTS.md:
 ``.venv/bin/python -m tests.integration.test_librarian_quality``.
 """
@@ -28,6 +29,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from jarvis_kernel.config import LibrarianConfig
 from jarvis_kernel.librarian import embed
 from jarvis_kernel.librarian.search import Mode
 from jarvis_kernel.librarian.store import Librarian
@@ -211,19 +213,10 @@ def test_expansion_helps_paraphrases(librarian: Librarian) -> None:
     assert expanded["recall@3"] > keyword["recall@3"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="target not met: taxonomy synonyms, the everyday-phrasing lexicon and the glossary "
-    "reach recall@3 0.79 (original), 0.77 (held-out), 0.67 (held-out 2), 0.76 (held-out 3), "
-    "0.74 (held-out 4) on paraphrases that share no word with their answer "
-    "(benchmarks/RESULTS.md)",
-)
-@pytest.mark.parametrize("queries", PARAPHRASE_SETS, ids=PARAPHRASE_IDS)
-def test_recall_at_3_on_paraphrases_meets_the_target(
-    librarian: Librarian, queries: list[dict[str, Any]]
-) -> None:
-    scores = evaluate(librarian, "expanded", queries)
-    assert scores["paraphrase"]["recall@3"] >= 0.9, scores
+def test_the_default_mode_is_static() -> None:
+    # its recall is checked below, per set ("static"); `expanded` (the fallback without the
+    # embed extra or the word table) reaches 0.67-0.79 on the paraphrases: RESULTS.md
+    assert LibrarianConfig().search_mode == "static"
 
 
 @needs_embed
