@@ -476,6 +476,12 @@ class PatternIndex:
             for r in rows
         ]
 
+    def warm(self) -> None:
+        """Load what `search` keeps in memory now (~2 s at 200,000 patterns), not on the
+        first search."""
+        if self._in_memory:
+            self._current_terms()
+
     def _tokenizer_(self) -> Tokenizer:
         if self._tokenizer is None:
             self._tokenizer = Tokenizer()

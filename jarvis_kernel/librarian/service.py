@@ -147,6 +147,8 @@ class LibrarianService:
             report = await anyio.to_thread.run_sync(
                 functools.partial(self.librarian.index, build_table=False)
             )
+            if self.runs == 0:  # then kept up to date by the index runs
+                await anyio.to_thread.run_sync(self.librarian.warm)
         self.last_report = report
         self.runs += 1
         self._ran.set()

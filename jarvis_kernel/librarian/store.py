@@ -143,6 +143,11 @@ class Librarian:
             self._pool = None
         self._index.close()
 
+    def warm(self) -> None:
+        """Load now what searches keep in memory (the keyword list's rows), so that the
+        first search is not the one that waits for it."""
+        self._index.warm()
+
     # -- building
     def index(self, *, build_table: bool = True) -> IndexReport:
         """Bring patterns.json, global_index.json and the index up to date with the maps.

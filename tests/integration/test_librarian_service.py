@@ -47,6 +47,18 @@ async def test_schedule_reindexes_every_interval(memory: Path) -> None:
             tg.cancel_scope.cancel()
 
 
+async def test_the_first_run_loads_what_searches_keep_in_memory(memory: Path) -> None:
+    pytest.importorskip("numpy")
+    service = _service(memory, FakeClock(), changes=None)
+    index = service.librarian._index
+    assert index._terms is None
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(service.run)
+            assert index._terms is not None  # not left for the first search to load
+            tg.cancel_scope.cancel()
+
+
 async def test_changes_are_debounced_on_the_clock(memory: Path) -> None:
     clock = FakeClock()
     send, receive = anyio.create_memory_object_stream[object](10)
