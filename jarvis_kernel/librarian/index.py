@@ -238,7 +238,10 @@ class PatternIndex:
         self, project: str, patterns: Sequence[Pattern], state: ProjectState
     ) -> None:
         """Store `patterns` as the whole of `project` (live ones searchable)."""
-        self.remove_project(project)
+        # a project new to the index has no rows to delete (a full build: the four deletes
+        # cost ~1.5-2 s over 1,000 projects, ``caps`` scanned for each)
+        if self._db.execute("SELECT 1 FROM projects WHERE project=?", (project,)).fetchone():
+            self.remove_project(project)
         if self._touched is not None:
             self._touched.add(project)
         blob = _ENCODER.encode(list(patterns))

@@ -14,6 +14,7 @@ their file; the same pattern found twice (same file, same name) is merged, not d
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ import msgspec
 
 from .formats import ContextMap, ExplicitPattern, FileEntry, Pattern, Source
 from .taxonomy import Taxonomy
-from .text import plain_words, stem, tokens
+from .text import plain_words, stem, value_tokens
 
 __all__ = [
     "extract_patterns",
@@ -67,9 +68,13 @@ def _dedupe(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(v for v in values if v))
 
 
-def _name_for(entry: FileEntry, token_set: set[str], taxonomy: Taxonomy) -> tuple[str, list[str]]:
+def _name_for(
+    entry: FileEntry, toks: Sequence[str], lowered_tags: Sequence[str], taxonomy: Taxonomy
+) -> tuple[str, list[str]]:
     for rule, regex, terms in taxonomy.rules:
-        if regex.search(entry.path) and (not terms or terms & token_set):
+        if regex.search(entry.path) and (
+            not terms or not terms.isdisjoint(toks) or not terms.isdisjoint(lowered_tags)
+        ):
             return rule.name, list(rule.capabilities)
     head = _HEAD_SPLIT_RE.split(entry.summary, maxsplit=1)[0].strip()
     if len(head.split()) > _MAX_NAME_WORDS:
@@ -82,11 +87,12 @@ def _name_for(entry: FileEntry, token_set: set[str], taxonomy: Taxonomy) -> tupl
 def _derive(entry: FileEntry, taxonomy: Taxonomy) -> tuple[str, list[str], list[str]]:
     """(name, capabilities, tags) of one file."""
     lowered_tags = [t.strip().lower() for t in entry.tags]
-    text = " ".join([entry.path, entry.summary, *entry.symbols, *lowered_tags])
-    toks = tokens(text)
-    token_set = set(toks) | set(lowered_tags)
-    name, rule_caps = _name_for(entry, token_set, taxonomy)
-    whole = {stem(w) for w in plain_words(text)} | {stem(t) for t in lowered_tags}
+    values = [entry.path, entry.summary, *entry.symbols, *lowered_tags]
+    text = " ".join(values)
+    toks = list(itertools.chain.from_iterable(map(value_tokens, values)))  # tokens(text)
+    name, rule_caps = _name_for(entry, toks, lowered_tags, taxonomy)
+    whole = set(map(stem, plain_words(text)))
+    whole.update(map(stem, lowered_tags))
     caps = set(rule_caps) | taxonomy.capabilities_of(whole)
     caps |= {t for t in lowered_tags if t in taxonomy.capability_names}
     techs = [t for t in toks if t in taxonomy.technologies]

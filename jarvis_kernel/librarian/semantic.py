@@ -23,6 +23,7 @@ Blocking and CPU-bound, like the rest of the store: call from a worker thread.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -82,10 +83,12 @@ class SemanticRanker:
         texts = {project: index.doc_texts(project) for project in sorted(touched or ())}
         if reload:  # every vector at once: arrays of the right size from the start
             self._slots.reserve(sum(len(rows) for rows in texts.values()))
+        strings = {
+            project: [pattern_text(r[1], r[2], r[3], r[4].split()) for r in rows]
+            for project, rows in texts.items()
+        }
         # words new to the table: through the model in one batch, and stored
-        fresh = self.table.encode_missing(
-            pattern_text(r[1], r[2], r[3], r[4].split()) for rows in texts.values() for r in rows
-        )
+        fresh = self.table.encode_missing(itertools.chain.from_iterable(strings.values()))
         if fresh:
             index.put_words([(w, v.tobytes()) for w, v in fresh])
         slots = self._slots
@@ -93,7 +96,7 @@ class SemanticRanker:
         incoming = sum(len(rows) for rows in texts.values())
         refit = slots.refit_due(slots.live() - replaced + incoming)
         for project, rows in texts.items():
-            self._refresh(project, rows, project_now=not refit)
+            self._refresh(project, rows, strings[project], project_now=not refit)
         if touched:
             slots.index_members(len(self._glossary.texts))
         if refit:  # a basis of their own: fewer full vectors read a search (vectors.py)
@@ -101,14 +104,18 @@ class SemanticRanker:
         return incoming
 
     def _refresh(
-        self, project: str, rows: list[tuple[int, str, str, str, str, str]], project_now: bool
+        self,
+        project: str,
+        rows: list[tuple[int, str, str, str, str, str]],
+        texts: list[str],
+        project_now: bool,
     ) -> None:
+        """`texts`: the `pattern_text` of each of `rows`."""
         np = self._np
         slots = self._slots
         slots.drop(project)
         if not rows:
             return
-        texts = [pattern_text(r[1], r[2], r[3], r[4].split()) for r in rows]
         vecs = self.table.sums(texts)
         pairs = [(n, int(e)) for n, r in enumerate(rows) for e in r[5].split()]
         pairs = [(n, e) for n, e in pairs if e < len(self._gloss_sums)]

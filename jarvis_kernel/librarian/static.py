@@ -22,6 +22,7 @@ reference machine): call from a thread.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -224,9 +225,11 @@ class WordTable:
 
     def missing(self, texts: Iterable[str]) -> list[str]:
         """The words of `texts` (`text.words`) the table has no vector for, once each."""
-        row, known = self._row, self._rows_cache
-        todo = (c for t in texts for c in t.split() if c not in known)
-        return list(dict.fromkeys(w for c in todo for w in self._chunk_words(c) if w not in row))
+        row, known, chunk_words = self._row, self._rows_cache, self._chunk_words
+        # each chunk once, in order (its words first come in its first occurrence)
+        chunks = dict.fromkeys(itertools.chain.from_iterable(map(str.split, texts)))
+        todo = (c for c in chunks if c not in known)
+        return list(dict.fromkeys(w for c in todo for w in chunk_words(c) if w not in row))
 
     def add(self, items: Sequence[tuple[str, Matrix]]) -> None:
         """Vectors for words outside the vocabulary (weighted as rare)."""
@@ -267,11 +270,12 @@ class WordTable:
         np = self._np
         ids: list[int] = []
         owner: list[int] = []
-        rows_of = self._chunk_rows
+        rows_of, cached = self._chunk_rows, self._rows_cache.get
         for n, text in enumerate(texts):
             start = len(ids)
             for chunk in text.split():
-                ids += rows_of(chunk)
+                got = cached(chunk)  # `rows_of` without its call, for most chunks
+                ids += rows_of(chunk) if got is None else got
             owner += [n] * (len(ids) - start)
         out = np.zeros((len(texts), DIMS), dtype=np.float32)
         if not ids:

@@ -97,6 +97,8 @@ class Glossary:
                     self._add(i, seq)
         self._single_words = frozenset(self._single)
         self._multi_words = frozenset(self._starts)
+        # identifier -> the entries it mentions, in order (symbols and paths recur)
+        self._identifiers: dict[str, tuple[int, ...]] = {}
 
     def _add(self, entry: int, seq: Sequence[str]) -> None:
         if len(seq) == 1:
@@ -124,6 +126,18 @@ class Glossary:
         for _, entry in sorted(hits):
             found.setdefault(entry, None)
 
+    def _identifier(self, text: str) -> tuple[int, ...]:
+        """The entries identifier `text` mentions (its parts too), in order; cached."""
+        got = self._identifiers.get(text)
+        if got is None:
+            found: dict[int, None] = {}
+            self._scan(tokens(text), found)
+            got = tuple(found)
+            if len(self._identifiers) >= _IDENTIFIER_CACHE:
+                self._identifiers.clear()
+            self._identifiers[text] = got
+        return got
+
     def match(self, natural: Sequence[str], identifiers: Sequence[str] = ()) -> list[int]:
         """Numbers of the entries whose terms `natural` or `identifiers` mention, in the
         order they are mentioned."""
@@ -132,10 +146,12 @@ class Glossary:
             # all the natural text in one pass (a term spanning two values is rare, harmless)
             self._scan(_plain(" ".join(natural)), found)
             for text in identifiers:
-                self._scan(tokens(text), found)  # parts of identifiers too; cached per chunk
+                for entry in self._identifier(text):
+                    found.setdefault(entry, None)
         return list(found)
 
 
+_IDENTIFIER_CACHE = 1 << 16
 _PLAIN_RE = re.compile(r"[a-z0-9]+")
 _DOTJS_RE = re.compile(r"\b([a-z]+)\.js\b")
 

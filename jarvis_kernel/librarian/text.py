@@ -20,7 +20,7 @@ import itertools
 import re
 from collections.abc import Iterable
 
-__all__ = ["STOPWORDS", "fts_text", "plain_words", "stem", "tokens", "words"]
+__all__ = ["STOPWORDS", "fts_text", "plain_words", "stem", "tokens", "value_tokens", "words"]
 
 # An identifier: letters, digits and underscores (paths, dots, dashes and brackets split).
 _CHUNK_RE = re.compile(r"[A-Za-z0-9_]+")
@@ -150,9 +150,17 @@ def _chunk_tokens(chunk: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=1 << 12)
+def value_tokens(value: str) -> tuple[str, ...]:
+    """`tokens` of one short value (a name, tag, symbol, path, summary), cached: they recur
+    from file to file, and indexing a file tokenizes its values twice (patterns.py, then
+    its FTS columns). The tokens of values joined by spaces are theirs, concatenated."""
+    return tuple(tokens(value))
+
+
 def fts_text(values: Iterable[str]) -> str:
     """The tokens of all `values`, space-joined, as stored in an FTS5 column."""
-    return " ".join(tok for value in values for tok in tokens(value))
+    return " ".join(itertools.chain.from_iterable(map(value_tokens, values)))
 
 
 _SUFFIXES = ("ies", "ing", "ed", "es", "s")
@@ -174,5 +182,6 @@ def stem(word: str) -> str:
 
 def plain_words(text: str) -> list[str]:
     """Lower-cased words of `text` split at non-alphanumerics only (``GitHub`` stays whole)."""
-    text = _DOTJS_RE.sub(r"\1.js \1js", text)
+    if ".js" in text:
+        text = _DOTJS_RE.sub(r"\1.js \1js", text)
     return [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in STOPWORDS]
