@@ -480,7 +480,7 @@ class PatternIndex:
         ]
 
     def warm(self) -> None:
-        """Load what `search` keeps in memory now (~2 s at 200,000 patterns), not on the
+        """Load what `search` keeps in memory now (~3 s at 200,000 patterns), not on the
         first search."""
         if self._in_memory:
             self._current_terms()
