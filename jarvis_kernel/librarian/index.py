@@ -410,10 +410,10 @@ class PatternIndex:
 
         Only the first `candidates` matches (in rowid order) are ranked, and the rows of
         `include` (which must match too): exact when fewer match, bounded latency when more
-        do. FTS5 finds them; their bm25 is computed here
-        (keywords.py: the same numbers, without FTS5's walk of every row of every phrase).
-        `match` is an expression as search.py writes them (quoted phrases, column filters,
-        AND / OR / NOT); `search_sql` ranks any expression in SQLite.
+        do. FTS5 finds them; their bm25 is computed here (keywords.py: the same numbers,
+        without FTS5's walk of every row of every phrase). `match` is an expression as
+        search.py writes them (quoted phrases, column filters, AND / OR / NOT);
+        `search_sql` ranks any expression in SQLite.
         """
         if not self._in_memory:
             return self.search_sql(match, weights, limit, candidates, include)
@@ -426,18 +426,18 @@ class PatternIndex:
             return []
         terms = self._current_terms()
         rows_in_table = len(terms)
-        weights = (*weights, 0.0)  # the column proj weighs nothing, as in `search_sql`
+        columns = (*weights, 0.0)  # the column proj weighs nothing, as in `search_sql`
         kept: list[Phrase] = []
         idf: list[float] = []
         for column, text in phrases:
-            if column is not None and weights[column] == 0.0:
+            if column is not None and columns[column] == 0.0:
                 continue  # its instances weigh nothing: it adds 0 to every score
             phrase = Phrase(self._tokenizer_().terms(text), column)
             if phrase.terms:
                 kept.append(phrase)
                 idf.append(idf_of(rows_in_table, self._rows_holding(column, text)))
         try:
-            scores = bm25(terms, rowids, kept, idf, weights, rows_in_table)
+            scores = bm25(terms, rowids, kept, idf, columns, rows_in_table)
         except KeyError:  # a row another connection wrote after `_current_terms` looked
             self._drop_terms()
             return self.search_sql(match, weights, limit, candidates, include)

@@ -197,3 +197,15 @@ def test_without_numpy_the_index_ranks_in_sqlite(
     assert index.search(match, DEFAULT_WEIGHTS, 5) == index.search_sql(match, DEFAULT_WEIGHTS, 5)
     assert any("bm25(" in s for s in seen)
     assert index._terms is None
+
+
+def test_a_row_missing_from_the_copy_is_ranked_in_sqlite(librarian: Librarian) -> None:
+    index = librarian._index
+    match = '"auth" OR "prisma"'
+    expected = index.search_sql(match, DEFAULT_WEIGHTS, 5)
+    terms = index._current_terms()
+    terms.discard(expected[0].rowid)  # as if another connection wrote it since the load
+    index._seen_version = int(index._db.execute("PRAGMA data_version").fetchone()[0])
+    assert index.search(match, DEFAULT_WEIGHTS, 5) == expected
+    assert index._terms is None  # dropped: loaded again by the next search
+    assert index.search(match, DEFAULT_WEIGHTS, 5) == expected
