@@ -110,7 +110,6 @@ class Tokenizer:
         # a whitespace-free piece of text -> the ids of the terms FTS5 makes of it (mostly one)
         self.pieces: dict[str, tuple[int, ...]] = {}
         self.single: dict[str, int] = {}  # the pieces that make exactly one term -> its id
-        self.multiple = False  # whether some piece made none or several
 
     def learn(self, pieces: Iterable[str]) -> None:
         """Tokenize the pieces not seen before (in one scratch table, then drop its rows)."""
@@ -130,8 +129,6 @@ class Tokenizer:
             self.pieces[piece] = ids
             if len(ids) == 1:
                 self.single[piece] = ids[0]
-            else:
-                self.multiple = True
 
     def terms(self, text: str) -> tuple[int, ...]:
         """The term ids of `text` in order (FTS5 splits at whitespace, and maybe within)."""
@@ -246,9 +243,10 @@ class Terms:
                 ids = np.fromiter(map(single.__getitem__, pieces), np.int32, len(pieces))
             except KeyError:  # pieces not seen before
                 tokenizer.learn(set(pieces).difference(single))
-                if tokenizer.multiple:
+                try:
+                    ids = np.fromiter(map(single.__getitem__, pieces), np.int32, len(pieces))
+                except KeyError:  # a piece FTS5 splits further, or drops: piece by piece
                     return self._split_slowly(texts)
-                ids = np.fromiter(map(single.__getitem__, pieces), np.int32, len(pieces))
         finally:
             del single[_SEP]
         seps = np.flatnonzero(ids < 0)
