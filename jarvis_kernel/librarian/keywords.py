@@ -202,9 +202,6 @@ class Terms:
     def __len__(self) -> int:
         return len(self._slot)
 
-    def __contains__(self, rowid: int) -> bool:
-        return rowid in self._slot
-
     def add_many(self, rows: Iterable[tuple[int, Sequence[str]]]) -> None:
         """Store rows given as (rowid, the texts of its columns in `COLUMNS` order)."""
         np = self._np
