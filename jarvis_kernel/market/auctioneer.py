@@ -123,6 +123,9 @@ class Auctioneer(Closing):
         self._batch: JointBatch | None = None
         self._slots = anyio.Semaphore(market.max_concurrent_auctions)
         self._committed: Counter[str] = Counter()
+        # the order of the kernel's own steps: a worker's last task end read vs. announcements
+        self._tick = itertools.count(1)
+        self._ended_at: dict[str, int] = {}
         self._capacity: dict[str, int] = {}
         self._load: dict[str, int] = {}
         self._alive: set[str] = set()
@@ -437,6 +440,7 @@ class Auctioneer(Closing):
         )
         auction = Auction(task, round_, eligible, deadline=0.0)
         auction.announce = encode(announce)
+        auction.announced_tick = next(self._tick)
         auction.asked = self._first_asked(auction, directed=directed)
         auction.held = (eligible & self._direct) - auction.asked
         audience = auction.asked | self._may_have_room(eligible)
@@ -613,8 +617,18 @@ class Auctioneer(Closing):
         assert self._bounds is not None
         self._check_bound(auction, bid)
         self._bounds.observe_bid(bid.worker_id, bid.scoring)
-        if bid.weights and bid.load == 0 and not self._committed[bid.worker_id]:
-            self._bounds.observe_weights(bid.worker_id, bid.weights)  # nothing owed
+        if bid.weights and bid.load == 0 and self._owes_nothing(auction, bid.worker_id):
+            self._bounds.observe_weights(bid.worker_id, bid.weights)
+
+    def _owes_nothing(self, auction: Auction, worker_id: str) -> bool:
+        """Had `worker_id` learned from every task it was given when it bid idle for
+        `auction`? Yes if none is awarded to it and not ended, and the last end of one was
+        read before the announcement: a bid made idle before learning from a task must
+        have been made before taking it, so that task ended after the announcement (bids
+        and events come on separate connections: the end can be read first)."""
+        if self._committed[worker_id]:
+            return False
+        return self._ended_at.get(worker_id, 0) < auction.announced_tick
 
     def _check_bound(self, auction: Auction, bid: Bid) -> None:
         """Count (and stop bounding) a worker whose bid beat its bound: it must not happen."""
@@ -750,6 +764,7 @@ class Auctioneer(Closing):
     def _release(self, record: TaskRecord) -> None:
         if record.worker_id and record.state in ("assigned", "running"):
             self._committed[record.worker_id] = max(0, self._committed[record.worker_id] - 1)
+            self._ended_at[record.worker_id] = next(self._tick)
             self._wake_dispatch()
 
     async def retry_or_bury(

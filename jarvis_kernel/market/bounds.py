@@ -29,12 +29,13 @@ score is bounded too.
 
 Exact again after an idle bid: a bid of this version carries the weights it was scored
 from (`Bid.weights`, for the task's skills). When it was made with nothing owed that the
-worker could still learn from (load 0 in the bid and no task awarded to it and not ended),
-those weights are what it bids from until it may learn again: an award (`will_learn`) or a
-task on the shared list with the skill drops them back to the rule above. Without this the
-book's weights only rise (raised per award, merged by the maximum), and a worker that won
-often stays bounded near the ceiling: asked first by the directed announcements
-(docs/protocol.md) though its bid no longer decides.
+worker could still learn from (load 0 in the bid, no task awarded to it and not ended, and
+its last task's end read before the announcement the bid answers: the auctioneer's
+`_owes_nothing`), those weights are what it bids from until it may learn again: an award
+(`will_learn`) or a task on the shared list with the skill drops them back to the rule
+above. Without this the book's weights only rise (raised per award, merged by the
+maximum), and a worker that won often stays bounded near the ceiling: asked first by the
+directed announcements (docs/protocol.md) though its bid no longer decides.
 
 A worker bids from an optimistic reading of its weights (`scoring.optimistic_expertise`,
 exploration: the policy's `optimism` imagined successes on a belief worth `prior_strength`
@@ -218,8 +219,9 @@ class BoundBook:
     def observe_weights(self, worker_id: str, weights: Mapping[str, float]) -> None:
         """A bid of `worker_id` said the weights it bids from (`Bid.weights`), made when
         nothing it could still learn from was owed: no task of its own awarded and not
-        ended, none in hand (call it only then). Until it may learn again (`will_learn`, a
-        task on the shared list) those weights are its bids' exactly: the bound uses them."""
+        ended, none in hand, none ended since the bid's announcement (call it only then).
+        Until it may learn again (`will_learn`, a task on the shared list) those weights are
+        its bids' exactly: the bound uses them."""
         worker = self._worker(worker_id)
         if any(worker.exact.get(s) != w for s, w in weights.items()):
             worker.exact.update(weights)

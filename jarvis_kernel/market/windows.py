@@ -27,6 +27,7 @@ class Auction:
 
     __slots__ = (
         "announce",
+        "announced_tick",
         "answered",
         "asked",
         "bids",
@@ -62,6 +63,7 @@ class Auction:
         # Directed announcements: the eligible workers on their own channel that were
         # announced to, those held back (not yet), and those to announce to next.
         self.announce = b""
+        self.announced_tick = 0  # the auctioneer's step count when it was announced
         self.asked: set[str] = set()
         self.held: set[str] = set()
         self.widen: list[str] = []

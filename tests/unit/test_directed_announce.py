@@ -10,17 +10,29 @@ the task goes to, only how many processes wake up for it.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import anyio
 import anyio.abc
+import msgspec
 import pytest
 
+from jarvis_kernel.bus.memory import MemoryBus
 from jarvis_kernel.clock import FakeClock
 from jarvis_kernel.market.auction import contenders
 from jarvis_kernel.market.bounds import BoundBook, scoring_id
 from jarvis_kernel.market.scoring import bid_score, optimistic_expertise
-from jarvis_kernel.protocol import Announce, Keys, Task, WorkerInfo, decode, encode
-from jarvis_kernel.worker.memory import DEFAULT_POLICY
+from jarvis_kernel.protocol import (
+    Announce,
+    Bid,
+    Keys,
+    Task,
+    TaskCompleted,
+    WorkerInfo,
+    decode,
+    encode,
+)
+from jarvis_kernel.worker.memory import DEFAULT_POLICY, learn_with_evidence
 
 from .test_early_close import (
     CONFIG,
@@ -28,6 +40,7 @@ from .test_early_close import (
     _bidders,
     _complete,
     _flush,
+    _settle,
     _task,
     _winner,
     bid,
@@ -163,3 +176,122 @@ def _would_bid(bidders: list[DirectBidder], task: Task, clock: FakeClock) -> dic
 def _foreign(bidders: list[DirectBidder], task: Task) -> list[float]:
     """What the foreign workers (always asked) did bid."""
     return [b.intended[task.task_id] for b in bidders if b.foreign and task.task_id in b.intended]
+
+
+class _Scripted(DirectBidder):
+    """A `DirectBidder` that answers each announcement in its own task, after a delay set
+    per task, with the score and weights it had when it heard it (what a worker whose bid
+    is still on its way says)."""
+
+    def __init__(self, *args: Any, delays: dict[str, float], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.delays = delays
+
+    async def run(
+        self,
+        bus: MemoryBus,
+        keys: Keys,
+        clock: FakeClock,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async def answer(announce: Announce, bid: Bid) -> None:
+            await clock.sleep(self.delays.get(announce.task_id, 0.001))
+            await bus.publish(keys.bids(announce.task_id), encode(bid))
+
+        async with anyio.create_task_group() as tg, bus.subscribe([self.channel(keys)]) as sub:
+            task_status.started()
+            async for message in sub:
+                announce = decode(message.data, Announce)
+                score = self.intended[announce.task_id] = self.score(announce, clock.time_ms())
+                bid = Bid(
+                    task_id=announce.task_id,
+                    round=announce.round,
+                    worker_id=self.worker_id,
+                    score=score,
+                    model=self.model,
+                    load=0,
+                    capacity=1,
+                    scoring=scoring_id(CONFIG),
+                    weights=self.weights(announce),
+                )
+                tg.start_soon(answer, announce, bid)
+
+
+async def _end(bus: MemoryBus, keys: Keys, clock: FakeClock, task_id: str, worker: str) -> None:
+    """`worker` completes `task_id`; return once the kernel has read it."""
+    done = TaskCompleted(
+        at_ms=clock.time_ms(), task_id=task_id, worker_id=worker, attempt=1, result=None
+    )
+    await bus.xadd(keys.events, {"event": encode(done)})
+    while await bus.hget(keys.internal("live"), task_id) is not None:
+        await _settle()
+        await clock.advance(0.0005)
+
+
+async def test_an_idle_bid_read_after_a_task_it_did_not_know_of_ended_is_not_exact() -> None:
+    """The race: w bids idle for U, then is awarded T, runs it and learns (its weight rises)
+    while that bid is still on its way; the kernel reads T's end (events and bids come on
+    separate connections) and only then the bid. The bid said load 0 with nothing owed as
+    the kernel sees it, but its weights are from before learning: taken as exact they
+    would bound w's next bid below what it bids, and the next auction would close early
+    on another worker's lower bid."""
+    react = ["react"]
+    w_expertise = {"react": 0.5}
+    learned, evidence = learn_with_evidence(w_expertise, {}, react, success=True)
+
+    def score(model: str, expertise: dict[str, float], ev: dict[str, float]) -> float:
+        reading = optimistic_expertise(
+            expertise,
+            ev,
+            optimism=DEFAULT_POLICY.optimism,
+            prior_strength=DEFAULT_POLICY.prior_strength,
+        )
+        task = Task(task_id="v", required_skills=react, complexity=0.3)
+        return bid_score(
+            task, expertise=reading, model=model, recent_files={}, now_ms=0, config=CONFIG
+        )
+
+    stale, fresh = score("gemini:pro", w_expertise, {}), score("gemini:pro", learned, evidence)
+    # x's weight puts its bid strictly between w's before and after learning from T
+    between = [
+        b / 1000
+        for b in range(1001)
+        if stale < score("gemini:flash", {"react": b / 1000}, {}) < fresh
+    ]
+    assert between, (stale, fresh)
+    x_weight = between[len(between) // 2]
+    rng = random.Random(0)
+    w = _Scripted(
+        "w",
+        model="gemini:pro",
+        expertise=dict(w_expertise),
+        foreign=False,
+        rng=rng,
+        delays={"t": 0.001, "u": 0.030, "v": 0.002},
+    )
+    x = _Scripted(
+        "x",
+        model="gemini:flash",
+        expertise={"react": x_weight},
+        foreign=False,
+        rng=rng,
+        delays={"t": 0.001, "u": 0.002, "v": 0.001},
+    )
+    async with open_market([w, x], early_close_on_bounds=True) as (auctioneer, bus, keys, clock):
+        with anyio.fail_after(30):
+            only_w = Task(task_id="t", required_skills=react, complexity=0.3)
+            only_w = msgspec.structs.replace(only_w, required_model="gemini:pro")
+            await auctioneer.submit(only_w)
+            await auctioneer.submit(Task(task_id="u", required_skills=react, complexity=0.3))
+            assert await _winner(bus, keys, clock, "t") == "w"
+            w.expertise, w.evidence = learned, evidence  # w learns from T at once
+            await _end(bus, keys, clock, "t", "w")
+            assert "u" in auctioneer._auctions, "u must still wait for w's bid"
+            assert await _winner(bus, keys, clock, "u") == "x"  # w's stale bid arrives, loses
+            await _end(bus, keys, clock, "u", "x")
+            await _flush(clock)
+            await auctioneer.submit(Task(task_id="v", required_skills=react, complexity=0.3))
+            assert await _winner(bus, keys, clock, "v") == "w"  # it bids `fresh` > x's
+            assert w.intended["v"] == pytest.approx(fresh)
+            assert auctioneer.stats.counts["bound_exceeded"] == 0
