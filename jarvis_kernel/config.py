@@ -75,8 +75,8 @@ class MarketConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     pause_poll_s: Seconds = 0.25
     joint_award_s: NonNegSeconds = 0.005
     """How long an auction that has closed waits for the others still open, so that the
-    auctions closing together are awarded jointly (`auction.award_batch`, in order of
-    regret); an auction closing with none other open is awarded at once. 0 turns it off:
+    auctions closing together are awarded jointly (`auction.award_batch`: the highest total
+    score); an auction closing with none other open is awarded at once. 0 turns it off:
     each auction is awarded alone as soon as it closes. Measured in benchmarks/RESULTS.md."""
 
 

@@ -8,9 +8,14 @@ never awarded beyond its capacity: `free` says how many more tasks each worker m
 *now*, counting awards made by other auctions still open.
 
 Joint award (`award_batch`, an addition of this implementation): auctions whose windows
-closed together are awarded in order of regret, so that an auction that loses much by not
-getting its best bidder goes before one that has a near-equal alternative. Each single award
-still follows the rule above.
+closed together are awarded together, as the assignment of bids to auctions with the
+highest total score that no worker's room forbids (Hungarian method, exact integer
+arithmetic), so that an auction whose best bidder another auction needs more gets its next
+best. Ties between assignments of equal total go to the one whose auctions, taken by task
+id, get the better-ranked bids under the award rule above. One auction alone gets exactly
+what that rule gives. Batches of more than `OPTIMAL_UP_TO` auctions are awarded greedily in
+order of regret (best valid bid minus second-best) instead: the Hungarian method costs
+O(n^2 m) steps in Python.
 
 Closing a window: when every eligible worker has answered (`window_complete`), or earlier
 when the bids in hand decide the award whatever the silent workers could still bid, given
@@ -20,13 +25,18 @@ a bound on each (`bids_decide`; the bounds come from `market.bounds`).
 from __future__ import annotations
 
 import heapq
+import math
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Final
 
 import msgspec
 
 __all__ = [
+    "OPTIMAL_UP_TO",
     "ReceivedBid",
     "award_batch",
+    "award_by_regret",
     "bids_decide",
     "choose_winner",
     "contenders",
@@ -34,6 +44,9 @@ __all__ = [
     "priority_key",
     "window_complete",
 ]
+
+OPTIMAL_UP_TO: Final = 32
+"""The most auctions `award_batch` awards by the best total; larger batches by regret."""
 
 
 class ReceivedBid(msgspec.Struct, frozen=True):
@@ -62,11 +75,126 @@ def award_batch(
 ) -> dict[str, ReceivedBid | None]:
     """Award auctions that closed together: per task id its winning bid, or None.
 
-    Regret-ordered greedy: repeatedly award the auction with the largest regret, its best
-    valid bid's score minus its second-best's (0 without one), among workers that still have
-    room; ties go to the higher best score, then the smaller task id. Each award takes the
-    bid `choose_winner` would, so one auction alone gets exactly what `choose_winner` gives;
-    no worker gets more than `free` allows.
+    The bids with the highest total score, at most one per auction and no worker beyond
+    `free`; among equal totals, the auctions in task id order get the best-ranked bids
+    (`choose_winner`'s order) they can. One auction alone gets what `choose_winner`
+    gives. More than `OPTIMAL_UP_TO` auctions: `award_by_regret`.
+    """
+    if len(auctions) == 1:
+        ((task, bids),) = auctions.items()
+        return {task: choose_winner(bids, free)}
+    if len(auctions) > OPTIMAL_UP_TO:
+        return award_by_regret(auctions, free)
+    out: dict[str, ReceivedBid | None] = dict.fromkeys(auctions)
+    ranked = {
+        task: sorted(
+            (b for b in auctions[task] if b.score > 0.0 and free.get(b.worker_id, 0) > 0),
+            key=_rank,
+        )
+        for task in sorted(auctions)
+    }
+    ranked = {task: bids for task, bids in ranked.items() if bids}
+    if not ranked:
+        return out
+    wanted = Counter(b.worker_id for bids in ranked.values() for b in bids)
+    slots = [w for w in sorted(wanted) for _ in range(min(free[w], wanted[w]))]
+    tasks = list(ranked)
+    for task, col in zip(tasks, _min_cost_assignment(_costs(ranked, slots)), strict=True):
+        if col < len(slots):  # a slot of a worker that did not bid here is no award either
+            out[task] = next((b for b in ranked[task] if b.worker_id == slots[col]), None)
+    return out
+
+
+def _costs(ranked: Mapping[str, Sequence[ReceivedBid]], slots: Sequence[str]) -> list[list[int]]:
+    """The joint award as a minimum-cost assignment, in exact integers.
+
+    Rows: the auctions (in `ranked`'s order, each with its valid bids best first). Columns:
+    one per slot a worker could fill (`slots`), then one "no award" per auction. A bid's
+    score decides (each unit of it is worth more than all the rank terms put together);
+    then each auction's rank of what it gets, earlier auctions weighing more (getting
+    nothing ranks last).
+    """
+    n = len(ranked)
+    worst = max(len(bids) for bids in ranked.values()) + 1
+    unit = worst**n
+    rows = []
+    for i, bids in enumerate(ranked.values()):
+        place = worst ** (n - 1 - i)
+        nothing = worst * place
+        by_worker = {
+            b.worker_id: rank * place - _exact(b.score) * unit for rank, b in enumerate(bids)
+        }
+        rows.append([by_worker.get(w, nothing) for w in slots] + [nothing] * n)
+    return rows
+
+
+def _exact(score: float) -> int:
+    """`score` (0..1) as an integer, exactly for any score above 2**-11."""
+    return int(math.ldexp(score, 64))
+
+
+def _min_cost_assignment(cost: Sequence[Sequence[int]]) -> list[int]:
+    """For each row the column it is assigned, minimising the total cost (rows <= columns).
+
+    The Hungarian method with potentials (Kuhn-Munkres), O(rows^2 x columns), on integers:
+    each row in turn joins along a shortest augmenting path (`_augment`).
+    """
+    m = len(cost[0])
+    u, v = [0] * (len(cost) + 1), [0] * (m + 1)
+    owner = [0] * (m + 1)  # column -> its row, 1-based (0: free); column 0 is the root
+    for i in range(1, len(cost) + 1):
+        _augment(cost, i, u, v, owner)
+    out = [0] * len(cost)
+    for j in range(1, m + 1):
+        if owner[j]:
+            out[owner[j] - 1] = j - 1
+    return out
+
+
+def _augment(
+    cost: Sequence[Sequence[int]], i: int, u: list[int], v: list[int], owner: list[int]
+) -> None:
+    """Assign row `i` (1-based), moving others along the cheapest path (Dijkstra on
+    reduced costs), and update the potentials `u` (rows) and `v` (columns)."""
+    m = len(v) - 1
+    least: list[float] = [math.inf] * (m + 1)
+    way, used = [0] * (m + 1), [False] * (m + 1)
+    owner[0], j0 = i, 0
+    while owner[j0]:
+        used[j0] = True
+        row, ui = cost[owner[j0] - 1], u[owner[j0]]
+        delta: float = math.inf
+        j1 = 0
+        for j in range(1, m + 1):
+            if not used[j]:
+                cur = row[j - 1] - ui - v[j]
+                if cur < least[j]:
+                    least[j], way[j] = cur, j0
+                if least[j] < delta:
+                    delta, j1 = least[j], j
+        step = int(delta)
+        for j in range(m + 1):
+            if used[j]:
+                u[owner[j]] += step
+                v[j] -= step
+            else:
+                least[j] -= step
+        j0 = j1
+    while j0:  # flip the path back to the root
+        j1 = way[j0]
+        owner[j0] = owner[j1]
+        j0 = j1
+
+
+def award_by_regret(
+    auctions: Mapping[str, Sequence[ReceivedBid]], free: Mapping[str, int]
+) -> dict[str, ReceivedBid | None]:
+    """Award auctions greedily in order of regret: per task id its winning bid, or None.
+
+    Repeatedly award the auction with the largest regret, its best valid bid's score minus
+    its second-best's (0 without one), among workers that still have room; ties go to the
+    higher best score, then the smaller task id. Each award takes the bid `choose_winner`
+    would; no worker gets more than `free` allows.
     """
     room = dict(free)
     left = {task: [b for b in bids if b.score > 0.0] for task, bids in auctions.items()}

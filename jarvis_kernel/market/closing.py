@@ -8,7 +8,7 @@ awarded: the part of `Auctioneer` between the announcement and the award.
 - Closing (`_collect`): when every eligible worker answered, when the bids in hand decide
   the award on bounds (an auction awarded alone), at the deadline, or on a drain.
 - Deciding (`_decide`): alone and at once, or in a batch with the auctions that close
-  meanwhile, awarded jointly by `auction.award_batch` (regret order).
+  meanwhile, awarded jointly by `auction.award_batch` (the best total score).
 
 Which bid wins is decided by the pure functions of `market.auction`; this mixin only feeds
 them and acts. It is a part of `Auctioneer` (the state is the auctioneer's), kept apart to

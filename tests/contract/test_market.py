@@ -196,8 +196,8 @@ async def test_bad_bids_are_ignored_and_counted(harness: BusHarness) -> None:
 async def test_auctions_closing_together_are_awarded_jointly(
     harness: BusHarness, joint_award_s: float, expected: str
 ) -> None:
-    """t-1 closes first (both bid): alone it takes a; awarded with t-2 (only a bids) by
-    regret, t-2 takes a and t-1 gets b, the better assignment."""
+    """t-1 closes first (both bid): alone it takes a; awarded with t-2 (only a bids)
+    jointly, t-2 takes a and t-1 gets b, the better assignment."""
     async with open_kernel(harness, window_s=0.2, joint_award_s=joint_award_s) as kernel:
         bus, keys, clock = kernel.bus, kernel.keys, kernel.clock
         a = ScriptedWorker(bus, keys, clock, "a", score=0.9)
