@@ -32,9 +32,12 @@ Fit and success
 `true_fit` is *the* notion of fit, used for every mode: the sim executor's own
 (`scoring.task_fit`) evaluated on the TRUE expertise: mean true weight over the required
 skills (1 if none) times the model's adequacy for the complexity (1 if able, (cap/c)^2 if
-not). The workers run a `GroundTruthSim`: a `SimExecutor` whose ``ctx.fit`` is replaced by
-the true fit of its worker, with ``base_success = 0`` so that P(success) = true fit. Bids
-keep using the declared, then learned, expertise. This is wired through the existing
+not). The workers run a `GroundTruthSim`: a `SimExecutor` (``base_success = 0``) that
+succeeds with P = the true fit of its worker. The draw is fixed per (seed, task, worker):
+``u(seed, task, worker) < true fit``, so two runs that give a task to the same worker see
+the same outcome (common random numbers: an A/B comparison sees only the awards differ,
+not the luck of the draws after the first award that differs). Bids keep using the
+declared, then learned, expertise. This is wired through the existing
 ``InlineRuntime(executor_factory=...)`` hook; the ground truth travels in
 ``WorkerConfig.options["true_expertise"]``, which the kernel never reads.
 
@@ -393,14 +396,24 @@ def deciles(placements: Sequence[Placement], key: Callable[[Placement], float]) 
 
 
 class GroundTruthSim:
-    """A `SimExecutor` whose success follows the worker's TRUE fit (see module docstring)."""
+    """A `SimExecutor` whose success follows the worker's TRUE fit, drawn once per
+    (seed, task, worker) (see module docstring)."""
 
-    def __init__(self, sim: SimExecutor, fit_of: Callable[[Assignment], float]) -> None:
+    def __init__(
+        self, sim: SimExecutor, fit_of: Callable[[Assignment], float], draw_key: str
+    ) -> None:
         self._sim = sim
         self._fit_of = fit_of
+        self._draw_key = draw_key
+
+    def succeeds(self, task: Assignment) -> bool:
+        u = random.Random(f"{self._draw_key}:{task.task_id}").random()
+        return u < self._fit_of(task)
 
     async def run(self, task: Assignment, ctx: ExecutionContext) -> Outcome:
-        ctx.fit = self._fit_of(task)  # the agent computed it from declared/learned expertise
+        # the agent computed ctx.fit from declared/learned expertise; with base_success 0
+        # the sim succeeds with P = ctx.fit: 1 or 0 makes it follow the fixed draw
+        ctx.fit = 1.0 if self.succeeds(task) else 0.0
         return await self._sim.run(task, ctx)
 
 
@@ -411,7 +424,11 @@ def executor_factory(
         truth: dict[str, float] = dict(spec.options["true_expertise"])
         index = int(spec.options["index"])
         sim = SimExecutor(seed=seed * 1000 + index, base_s=base_s, steps=2, base_success=0.0)
-        return GroundTruthSim(sim, lambda task: true_fit(task, truth, spec.model, scoring))
+        return GroundTruthSim(
+            sim,
+            lambda task: true_fit(task, truth, spec.model, scoring),
+            draw_key=f"{seed}:{spec.id}",
+        )
 
     return build
 

@@ -6,6 +6,7 @@ import pytest
 
 from benchmarks.assignment_quality import (
     SKILLS,
+    GroundTruthSim,
     Placement,
     SimWorker,
     greedy_assignment,
@@ -16,7 +17,8 @@ from benchmarks.assignment_quality import (
     true_fit,
 )
 from jarvis_kernel.config import ScoringConfig
-from jarvis_kernel.protocol import Task
+from jarvis_kernel.protocol import Assignment, Task
+from jarvis_kernel.worker.executors import SimExecutor
 
 SCORING = ScoringConfig()
 
@@ -85,3 +87,22 @@ def test_summarize() -> None:
     assert out["totalFit"] == pytest.approx(2.0)
     assert out["everySkill"] == pytest.approx(2 / 3)
     assert out["trivialToCostly"] == pytest.approx(0.5)  # t1 of the two trivial ones
+
+
+def test_an_outcome_is_drawn_once_per_seed_task_and_worker() -> None:
+    """Common random numbers: the same worker on the same task in the same seed has the
+    same outcome whatever happened before; the frequency of success is the true fit."""
+
+    def sim(key: str, fit: float) -> GroundTruthSim:
+        return GroundTruthSim(SimExecutor(seed=1, base_success=0.0), lambda _: fit, key)
+
+    tasks = [Assignment(task_id=f"t{i}") for i in range(4000)]
+    first, again = sim("1:w0", 0.3), sim("1:w0", 0.3)
+    outcomes = [first.succeeds(t) for t in tasks]
+    assert [again.succeeds(t) for t in reversed(tasks)] == outcomes[::-1]
+    assert sum(outcomes) / len(tasks) == pytest.approx(0.3, abs=0.03)
+    other = [sim("1:w1", 0.3).succeeds(t) for t in tasks]
+    assert other != outcomes  # another worker draws its own
+    # a better fit never turns a success into a failure (one draw, compared with the fit)
+    better = [sim("1:w0", 0.6).succeeds(t) for t in tasks]
+    assert all(b for b, o in zip(better, outcomes, strict=True) if o)
