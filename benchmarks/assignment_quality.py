@@ -728,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="the workers bid their weights as they are (--optimism 0): the baseline",
     )
-    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    parser.add_argument("--json", action="store_true", help="print only the raw figures, as JSON")
     args = parser.parse_args(argv)
     scoring = ScoringConfig()
     policy = POLICIES[args.learning]
@@ -750,8 +750,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         for seed in args.seeds.split(",")
     ]
-    if args.json:
+    if args.json:  # the figures alone, so the output parses as JSON
         print(json.dumps(runs, indent=2))
+        return
     _print_report(runs)
     print(
         f"\nmachine: {os.cpu_count()} cpus, {platform.platform()}, "
