@@ -204,18 +204,7 @@ class _Scripted(DirectBidder):
             async for message in sub:
                 announce = decode(message.data, Announce)
                 score = self.intended[announce.task_id] = self.score(announce, clock.time_ms())
-                bid = Bid(
-                    task_id=announce.task_id,
-                    round=announce.round,
-                    worker_id=self.worker_id,
-                    score=score,
-                    model=self.model,
-                    load=0,
-                    capacity=1,
-                    scoring=scoring_id(CONFIG),
-                    weights=self.weights(announce),
-                )
-                tg.start_soon(answer, announce, bid)
+                tg.start_soon(answer, announce, self.bid(announce, score))  # weights as of now
 
 
 async def _end(bus: MemoryBus, keys: Keys, clock: FakeClock, task_id: str, worker: str) -> None:

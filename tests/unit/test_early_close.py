@@ -324,18 +324,21 @@ class Bidder:
                 self.heard += 1
                 score = self.intended[announce.task_id] = self.score(announce, clock.time_ms())
                 await clock.sleep(self.delay_s)
-                bid = Bid(
-                    task_id=announce.task_id,
-                    round=announce.round,
-                    worker_id=self.worker_id,
-                    score=score,
-                    model=self.model,
-                    load=0,
-                    capacity=1,
-                    scoring=None if self.foreign else scoring_id(CONFIG),
-                    weights=self.weights(announce),
-                )
-                await bus.publish(keys.bids(announce.task_id), encode(bid))
+                await bus.publish(keys.bids(announce.task_id), encode(self.bid(announce, score)))
+
+    def bid(self, announce: Announce, score: float) -> Bid:
+        """Its bid of `score` for `announce`, with the weights it bids from now."""
+        return Bid(
+            task_id=announce.task_id,
+            round=announce.round,
+            worker_id=self.worker_id,
+            score=score,
+            model=self.model,
+            load=0,
+            capacity=1,
+            scoring=None if self.foreign else scoring_id(CONFIG),
+            weights=self.weights(announce),
+        )
 
     def channel(self, keys: Keys) -> str:
         """Where it hears announcements."""
