@@ -19,7 +19,9 @@ O(n^2 m) steps in Python.
 
 Closing a window: when every eligible worker has answered (`window_complete`), or earlier
 when the bids in hand decide the award whatever the silent workers could still bid, given
-a bound on each (`bids_decide`; the bounds come from `market.bounds`).
+a bound on each (`bids_decide`; the bounds come from `market.bounds`); for auctions
+awarded jointly, when no silent worker's bid could change the joint award
+(`joint_contenders`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import heapq
 import math
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 
@@ -41,6 +43,7 @@ __all__ = [
     "choose_winner",
     "contenders",
     "free_capacity",
+    "joint_contenders",
     "priority_key",
     "window_complete",
 ]
@@ -60,8 +63,7 @@ class ReceivedBid(msgspec.Struct, frozen=True):
 
 
 def _rank(bid: ReceivedBid) -> tuple[float, float, int, str]:
-    ratio = bid.load / bid.capacity if bid.capacity > 0 else 1.0
-    return (-bid.score, ratio, bid.seq, bid.worker_id)
+    return (-bid.score, _ratio(bid), bid.seq, bid.worker_id)
 
 
 def choose_winner(bids: Iterable[ReceivedBid], free: Mapping[str, int]) -> ReceivedBid | None:
@@ -85,47 +87,131 @@ def award_batch(
         return {task: choose_winner(bids, free)}
     if len(auctions) > OPTIMAL_UP_TO:
         return award_by_regret(auctions, free)
-    out: dict[str, ReceivedBid | None] = dict.fromkeys(auctions)
+    ranked = _ranked(auctions, free)
+    options = {
+        task: [_Option(b.worker_id, _exact(b.score), rank, b) for rank, b in enumerate(bids)]
+        for task, bids in ranked.items()
+    }
+    picks = _best_assignment(options, free)
+    return {task: (o.bid if (o := picks.get(task)) else None) for task in auctions}
+
+
+def joint_contenders(
+    auctions: Mapping[str, Sequence[ReceivedBid]],
+    silent: Mapping[str, Mapping[str, float]],
+    free: Mapping[str, int],
+) -> dict[str, list[str]]:
+    """The silent workers whose bids could still change `award_batch(auctions, free)`.
+
+    `silent` maps each auction's task id to its eligible workers that have not answered,
+    each with the most it could bid. Empty: the bids in hand decide the joint award,
+    whatever the silent workers bid (`award_batch` of all the bids then gives what it gives
+    on the bids in hand). Otherwise, per task id, the workers to ask, best first.
+
+    A bid still to come scores at most its bound and ranks after every bid in hand of the
+    same score with no load (a later `seq`; its load ratio is at least 0). The test solves
+    the award once more with each silent worker bidding its bound at the best rank it could
+    get (each placed just before the first bid in hand it could beat): the bids in hand
+    decide exactly when that optimistic award still takes none of the silent ones. (If it
+    takes one, bids at the bounds with no load change the award; if it takes none, lower
+    bids cannot make an assignment with a silent worker better, and the rank order of the
+    bids in hand among themselves is the same, so the award is the same.) The workers to
+    ask are the silent ones that optimistic award takes. Above `OPTIMAL_UP_TO` auctions
+    (awarded by regret) nothing is decided on bounds: every contender is asked.
+    """
+    ranked = _ranked(auctions, free)
+    options: dict[str, list[_Option]] = {}
+    hopeful: dict[str, list[str]] = {}
+    for task in sorted(auctions.keys() | silent.keys()):
+        in_hand = ranked.get(task, [])
+        mine = [_Option(b.worker_id, _exact(b.score), 2 * i + 1, b) for i, b in enumerate(in_hand)]
+        for worker, bound in silent.get(task, {}).items():
+            if bound <= 0.0 or free.get(worker, 0) <= 0:
+                continue  # must refuse, or cannot be awarded
+            before = sum(
+                1 for b in in_hand if b.score > bound or (b.score == bound and not _ratio(b))
+            )
+            mine.append(_Option(worker, _exact(bound), 2 * before, None))
+            hopeful.setdefault(task, []).append(worker)
+        hopeful.get(task, []).sort(key=lambda w: (-silent[task][w], w))
+        if mine:
+            options[task] = mine
+    if not hopeful:
+        return {}
+    if len(auctions) > OPTIMAL_UP_TO:
+        return hopeful
+    picks = _best_assignment(options, free)
+    return {task: [o.worker_id] for task, o in picks.items() if o.bid is None}
+
+
+class _Option(NamedTuple):
+    """What an auction could be awarded in `_best_assignment`: a worker's bid (or, in
+    `joint_contenders`, a silent worker's best case: `bid` None)."""
+
+    worker_id: str
+    score: int  # exact (`_exact`)
+    rank: int  # the lower, the better among the auction's options
+    bid: ReceivedBid | None
+
+
+def _ranked(
+    auctions: Mapping[str, Sequence[ReceivedBid]], free: Mapping[str, int]
+) -> dict[str, list[ReceivedBid]]:
+    """Per auction with any, its valid bids (above 0, from a worker with room), best first."""
     ranked = {
         task: sorted(
             (b for b in auctions[task] if b.score > 0.0 and free.get(b.worker_id, 0) > 0),
             key=_rank,
         )
-        for task in sorted(auctions)
+        for task in auctions
     }
-    ranked = {task: bids for task, bids in ranked.items() if bids}
-    if not ranked:
-        return out
-    wanted = Counter(b.worker_id for bids in ranked.values() for b in bids)
+    return {task: bids for task, bids in ranked.items() if bids}
+
+
+def _best_assignment(
+    options: Mapping[str, Sequence[_Option]], free: Mapping[str, int]
+) -> dict[str, _Option]:
+    """Per task id the option it is awarded (none: nothing), for the highest total score,
+    no worker beyond `free`; among equal totals the best ranks, auctions in task id order."""
+    tasks = sorted(t for t, opts in options.items() if opts)
+    if not tasks:
+        return {}
+    wanted = Counter(o.worker_id for t in tasks for o in options[t])
     slots = [w for w in sorted(wanted) for _ in range(min(free[w], wanted[w]))]
-    tasks = list(ranked)
-    for task, col in zip(tasks, _min_cost_assignment(_costs(ranked, slots)), strict=True):
-        if col < len(slots):  # a slot of a worker that did not bid here is no award either
-            out[task] = next((b for b in ranked[task] if b.worker_id == slots[col]), None)
+    rows = [options[t] for t in tasks]
+    out = {}
+    for task, row, col in zip(tasks, rows, _min_cost_assignment(_costs(rows, slots)), strict=True):
+        if col < len(slots):  # a slot of a worker with no option here is no award either
+            picked = next((o for o in row if o.worker_id == slots[col]), None)
+            if picked is not None:
+                out[task] = picked
     return out
 
 
-def _costs(ranked: Mapping[str, Sequence[ReceivedBid]], slots: Sequence[str]) -> list[list[int]]:
+def _costs(rows: Sequence[Sequence[_Option]], slots: Sequence[str]) -> list[list[int]]:
     """The joint award as a minimum-cost assignment, in exact integers.
 
-    Rows: the auctions (in `ranked`'s order, each with its valid bids best first). Columns:
-    one per slot a worker could fill (`slots`), then one "no award" per auction. A bid's
-    score decides (each unit of it is worth more than all the rank terms put together);
-    then each auction's rank of what it gets, earlier auctions weighing more (getting
-    nothing ranks last).
+    Rows: the auctions, each with its options. Columns: one per slot a worker could fill
+    (`slots`), then one "no award" per auction. An option's score decides (each unit of it
+    is worth more than all the rank terms put together); then each auction's rank of what
+    it gets, as the digits of one number in base `base`, the first auction's the most
+    significant (getting nothing is the largest digit), so that ranks compare in auction
+    order exactly.
     """
-    n = len(ranked)
-    worst = max(len(bids) for bids in ranked.values()) + 1
-    unit = worst**n
-    rows = []
-    for i, bids in enumerate(ranked.values()):
-        place = worst ** (n - 1 - i)
-        nothing = worst * place
-        by_worker = {
-            b.worker_id: rank * place - _exact(b.score) * unit for rank, b in enumerate(bids)
-        }
-        rows.append([by_worker.get(w, nothing) for w in slots] + [nothing] * n)
-    return rows
+    n = len(rows)
+    base = max(o.rank for row in rows for o in row) + 2  # digits: ranks, then nothing
+    unit = base**n
+    out = []
+    for i, row in enumerate(rows):
+        place = base ** (n - 1 - i)
+        nothing = (base - 1) * place
+        by_worker = {o.worker_id: o.rank * place - o.score * unit for o in row}
+        out.append([by_worker.get(w, nothing) for w in slots] + [nothing] * n)
+    return out
+
+
+def _ratio(bid: ReceivedBid) -> float:
+    return bid.load / bid.capacity if bid.capacity > 0 else 1.0
 
 
 def _exact(score: float) -> int:

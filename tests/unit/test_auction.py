@@ -6,17 +6,20 @@ import itertools
 import math
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
 
 from jarvis_kernel.market.auction import (
     OPTIMAL_UP_TO,
     ReceivedBid,
+    _costs,
+    _Option,
     award_batch,
     award_by_regret,
     choose_winner,
     free_capacity,
+    joint_contenders,
     priority_key,
     window_complete,
 )
@@ -176,7 +179,8 @@ def test_property_joint_award_is_the_best_total_and_its_tie_rule(seed: int) -> N
     for _ in range(400):
         workers = [f"w{i}" for i in range(rng.randint(1, 4))]
         free = {w: rng.choice([0, 1, 1, 2]) for w in workers}
-        scores = [0.0, 0.3, 0.5, 0.5, 0.8, 0.9]  # coarse, so ties are common
+        # coarse, so ties are common; dyadic ones sum exactly (0.25 + 0.5 == 0.75)
+        scores = [0.0, 0.25, 0.3, 0.5, 0.5, 0.75, 0.8, 0.9]
         auctions = {
             f"t{i}": [
                 bid(
@@ -195,6 +199,148 @@ def test_property_joint_award_is_the_best_total_and_its_tie_rule(seed: int) -> N
         assert winners == expected, (auctions, free)
         taken = Counter(w.worker_id for w in winners.values() if w is not None)
         assert all(n <= free[w] for w, n in taken.items())
+
+
+def _random_batch(
+    rng: random.Random, seq: Iterator[int]
+) -> tuple[dict[str, list[ReceivedBid]], dict[str, int]]:
+    workers = [f"w{i}" for i in range(rng.randint(1, 4))]
+    free = {w: rng.choice([0, 1, 1, 2]) for w in workers}
+    # coarse, so ties are common; dyadic ones sum exactly (0.25 + 0.5 == 0.75)
+    scores = [0.0, 0.25, 0.3, 0.5, 0.5, 0.75, 0.8, 0.9]
+    auctions = {
+        f"t{i}": [
+            bid(
+                w,
+                rng.choice(scores) if rng.random() < 0.7 else rng.random(),
+                load=rng.randint(0, 1),
+                capacity=2,
+                seq=next(seq),
+            )
+            for w in rng.sample(workers, rng.randint(0, len(workers)))
+        ]
+        for i in rng.sample(range(9), rng.randint(1, 5))
+    }
+    return auctions, free
+
+
+def test_the_cost_encoding_orders_assignments_exactly_as_the_rule() -> None:
+    """Every two assignments compare by their encoded cost as by (total, ranks in task id
+    order): no carry from one auction's rank digit into the previous one's."""
+    rng = random.Random(11)
+    seq = itertools.count()
+    for _ in range(300):
+        auctions, _ = _random_batch(rng, seq)
+        tasks = sorted(auctions)
+        ranked = [sorted((b for b in auctions[t] if b.score > 0.0), key=_rank_key) for t in tasks]
+        rows = [
+            [_Option(b.worker_id, _exact(b.score), i, b) for i, b in enumerate(r)] for r in ranked
+        ]
+        if not any(rows):
+            continue
+        slots = sorted({o.worker_id for row in rows for o in row})
+        costs = _costs(rows, slots)
+        keys = []
+        for choice in itertools.product(*[[None, *range(len(r))] for r in rows]):
+            picked = [None if c is None else rows[i][c] for i, c in enumerate(choice)]
+            used = [o.worker_id for o in picked if o is not None]
+            if len(used) != len(set(used)):
+                continue
+            cost = sum(
+                costs[i][len(slots) + i] if o is None else costs[i][slots.index(o.worker_id)]
+                for i, o in enumerate(picked)
+            )
+            total = sum(o.score for o in picked if o is not None)
+            ranks = tuple(len(r) if c is None else c for c, r in zip(choice, rows, strict=True))
+            keys.append(((-total, ranks), cost))
+        by_rule = sorted(keys)
+        assert [c for _, c in by_rule] == sorted(c for _, c in keys)
+        assert len({c for _, c in keys}) == len(keys)  # no two assignments tie
+
+
+def test_the_old_cost_encoding_tie_is_gone() -> None:
+    """t1 gets its best bid and t2 nothing, or t1 its second and t2 its only one: the same
+    total (0.75 == 0.5 + 0.25); t1, first in task id order, decides: its best bid."""
+    auctions = {
+        "t2": [bid("x", 0.25, seq=3)],
+        "t1": [bid("y", 0.5, seq=2), bid("x", 0.75, seq=1)],
+    }
+    assert award_batch(auctions, {"x": 1, "y": 1}) == {"t1": auctions["t1"][1], "t2": None}
+
+
+def _exact(score: float) -> int:
+    return int(math.ldexp(score, 64))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_property_joint_contenders_decide_exactly_when_no_silent_bid_could_change_it(
+    seed: int,
+) -> None:
+    """Decided (no contender): any bids of the silent workers at most their bounds leave
+    the award of the bids in hand as it is. Not decided: bids at the bounds with no load
+    change it, and the workers named are silent ones."""
+    rng = random.Random(seed)
+    seq = itertools.count()
+    outcomes = Counter[bool]()
+    for _ in range(300):
+        auctions, free = _random_batch(rng, seq)
+        workers = sorted(free)
+        silent = {
+            task: {
+                w: rng.choice([0.0, 0.25, 0.5, 0.75, 0.8, 1.0, rng.random()])
+                for w in workers
+                if w not in {b.worker_id for b in bids} and rng.random() < 0.5
+            }
+            for task, bids in auctions.items()
+        }
+        award = award_batch(auctions, free)
+        asked = joint_contenders(auctions, silent, free)
+        outcomes[not asked] += 1
+        at_bounds = {
+            task: [*bids, *(bid(w, b, seq=next(seq)) for w, b in silent[task].items())]
+            for task, bids in auctions.items()
+        }
+        if not asked:
+            for _ in range(5):
+                later = {
+                    task: [
+                        *bids,
+                        *(
+                            bid(
+                                w,
+                                rng.choice([b, b * rng.random()]),
+                                load=rng.randint(0, 1),
+                                capacity=rng.choice([1, 2]),
+                                seq=next(seq),
+                            )
+                            for w, b in silent[task].items()
+                            if rng.random() < 0.8
+                        ),
+                    ]
+                    for task, bids in auctions.items()
+                }
+                assert award_batch(later, free) == award, (auctions, silent, free, later)
+            assert award_batch(at_bounds, free) == award
+        else:
+            assert award_batch(at_bounds, free) != award, (auctions, silent, free)
+            assert all(set(ws) <= set(silent[t]) for t, ws in asked.items())
+    assert outcomes[True] > 50 and outcomes[False] > 50, outcomes
+
+
+def test_joint_contenders_ties_with_a_bid_in_hand() -> None:
+    """A silent worker that can only tie a bid in hand with no load cannot win it (it would
+    bid later); one that ties a bid in hand with load can (less loaded, it ranks first)."""
+    free = {"a": 1, "b": 1, "c": 1}
+    idle = {"t1": [bid("a", 0.5, load=0, capacity=2)], "t2": [bid("b", 0.5)]}
+    assert joint_contenders(idle, {"t1": {"c": 0.5}}, free) == {}
+    loaded = {"t1": [bid("a", 0.5, load=1, capacity=2)], "t2": [bid("b", 0.5)]}
+    assert joint_contenders(loaded, {"t1": {"c": 0.5}}, free) == {"t1": ["c"]}
+    # t2 gets nothing from the bids in hand: a silent worker with room may take it
+    swap = {"t1": [bid("a", 0.9)], "t2": [bid("a", 0.8)]}
+    assert joint_contenders(swap, {"t2": {"b": 0.3}}, free) == {"t2": ["b"]}
+    assert joint_contenders(swap, {"t2": {"b": 0.0}, "t1": {"c": 0.0}}, free) == {}
+    # a silent worker without room, or bounded 0, is no contender
+    assert joint_contenders(swap, {"t2": {"b": 0.3}}, {"a": 1, "b": 0}) == {}
 
 
 def test_a_batch_too_large_for_the_best_total_is_awarded_by_regret() -> None:
