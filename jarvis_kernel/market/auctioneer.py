@@ -528,13 +528,15 @@ class Auctioneer(Closing):
                 bids=len(auction.bids),
             ),
         )
+        # The record as awarded, before the reply: the worker may take the task, run it and
+        # end it before the reply is read, and its end is matched against this record.
+        self._records[record.task.task_id] = new_raw or b""
         if not await self.bus.execute(tx):
             self._committed[worker] -= 1
             self._records.pop(record.task.task_id, None)
             return
         self.stats.award_ms.append((time.perf_counter() - started) * 1000)
         self.stats.counts["awarded"] += 1
-        self._records[record.task.task_id] = new_raw or b""
 
     async def _fallback(self, record: TaskRecord, raw: bytes) -> None:
         now = self.clock.time_ms()
@@ -549,9 +551,11 @@ class Auctioneer(Closing):
         )
         if self._bounds is not None:
             self._bounds.shared(record.task.task_id, record.task.required_skills)
+        self._records[record.task.task_id] = new_raw or b""  # before the reply: see `_award`
         if await self.bus.execute(tx):
             self.stats.counts["fallback"] += 1
-            self._records[record.task.task_id] = new_raw or b""
+        else:
+            self._records.pop(record.task.task_id, None)
 
     def _free(self) -> dict[str, int]:
         return free_capacity(self._capacity, self._committed, self._load)
