@@ -65,19 +65,21 @@ class MarketConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     direct_announce: bool = True
     """Announce a task first only to the worker most likely to win it, among the workers
     listening on their own channel (``directAnnounce``), and to the others only if its bid
-    does not decide the auction on bounds: one process woken per auction instead of every
-    worker. Needs `early_close_on_bounds`; applies to the first round of an auction that
-    would be awarded alone. The rule is in docs/protocol.md; measured in
+    does not decide the auction (or the auctions open with it) on bounds: one process woken
+    per auction instead of every worker. Needs `early_close_on_bounds`; applies to the first
+    round of an auction run. The rule is in docs/protocol.md; measured in
     benchmarks/RESULTS.md."""
     max_rounds: Positive = 3
     round_backoff_s: NonNegSeconds = 0.05
     max_concurrent_auctions: Positive = 256
     pause_poll_s: Seconds = 0.25
     joint_award_s: NonNegSeconds = 0.005
-    """How long an auction that has closed waits for the others still open, so that the
-    auctions closing together are awarded jointly (`auction.award_batch`: the highest total
-    score); an auction closing with none other open is awarded at once. 0 turns it off:
-    each auction is awarded alone as soon as it closes. Measured in benchmarks/RESULTS.md."""
+    """Auctions open together are awarded jointly (`auction.award_batch`: the highest total
+    score). With the close on bounds, they are decided together once the bids in hand
+    decide them all, waiting this long at most for a bid asked for; without it, an auction
+    that has closed waits this long for the others still open. An auction with none other
+    open is awarded at once. 0 turns it off: each auction is awarded alone as soon as it
+    closes. The rules are in docs/protocol.md; measured in benchmarks/RESULTS.md."""
 
 
 class LivenessConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -121,6 +121,7 @@ class Auctioneer(Closing):
         self._windows = WindowTimer(clock)
         self._bounds = BoundBook(scoring) if scoring is not None else None
         self._batch: JointBatch | None = None
+        self._joint_recheck: float | None = None
         self._slots = anyio.Semaphore(market.max_concurrent_auctions)
         self._committed: Counter[str] = Counter()
         # the order of the kernel's own steps: a worker's last task end read vs. announcements
@@ -444,7 +445,6 @@ class Auctioneer(Closing):
         auction.asked = self._first_asked(auction, directed=directed)
         auction.held = (eligible & self._direct) - auction.asked
         audience = auction.asked | self._may_have_room(eligible)
-        self._ask_everyone_held()  # a joint award needs every bid of the open auctions
         tx.publish(self.keys.market, auction.announce)
         for worker in sorted(audience):
             tx.publish(self.keys.market_for(worker), auction.announce)
@@ -492,6 +492,8 @@ class Auctioneer(Closing):
             batch.no_longer_waiting(task_id)
         if not self._auctions:
             self._idle.set()
+        else:
+            self._reconsider()  # the others may be decided now (or alone again)
         self._wake_dispatch()
 
     async def _paused_meanwhile(self) -> bool:
@@ -609,9 +611,13 @@ class Auctioneer(Closing):
         )
         if self._bounds is not None:
             self._bound_from_bid(auction, bid)
-        if auction.settling or not self.market.early_close:
+        if auction.settling or auction.decided or not self.market.early_close:
             return
-        if window_complete(auction.eligible, auction.answered) or self._decided_on_bounds(auction):
+        if self._jointly():
+            self._check_joint()
+        elif window_complete(auction.eligible, auction.answered) or self._decided_on_bounds(
+            auction
+        ):
             auction.close()  # `_collect` reads how
         else:
             self._maybe_ask_more(auction)

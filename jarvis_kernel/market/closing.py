@@ -1,14 +1,16 @@
 """When an auction's window closes, whom it asks, and how auctions closing together are
 awarded: the part of `Auctioneer` between the announcement and the award.
 
-- Directed announcements (docs/protocol.md): an auction that would be awarded alone asks
-  first only its likeliest winner (`_first_asked`), and more only when the bids in hand do
-  not decide it (`_maybe_ask_more`); once another auction opens, those open ask every
-  worker held back (`_ask_everyone_held`: the joint award reads second-best bids).
+- Directed announcements (docs/protocol.md): an auction asks first only its likeliest
+  winner (`_first_asked`), and more only when the bids in hand do not decide the award:
+  alone, those whose bid could beat the best in hand (`_maybe_ask_more`); open with
+  others, those whose bid could change the joint award of them all (`_check_joint`).
 - Closing (`_collect`): when every eligible worker answered, when the bids in hand decide
-  the award on bounds (an auction awarded alone), at the deadline, or on a drain.
+  the award on bounds (alone: `_decided_on_bounds`; with others open: all of them at once,
+  awarded jointly, `_check_joint`), at the deadline, or on a drain.
 - Deciding (`_decide`): alone and at once, or in a batch with the auctions that close
-  meanwhile, awarded jointly by `auction.award_batch` (the best total score).
+  meanwhile, awarded jointly by `auction.award_batch` (the best total score); auctions
+  decided jointly on bounds are awarded by `_check_joint` already.
 
 Which bid wins is decided by the pure functions of `market.auction`; this mixin only feeds
 them and acts. It is a part of `Auctioneer` (the state is the auctioneer's), kept apart to
@@ -17,6 +19,7 @@ keep each module readable.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Protocol
 
@@ -32,6 +35,7 @@ from .auction import (
     bids_decide,
     choose_winner,
     contenders,
+    joint_contenders,
     window_complete,
 )
 from .bounds import NO_BOUND, BoundBook
@@ -86,6 +90,7 @@ class Closing:
     _direct: set[str]
     _exempt: frozenset[str]
     _draining: bool
+    _joint_recheck: float | None  # when `_check_joint` runs again (`_check_joint_at`)
 
     def _free(self) -> dict[str, int]:
         raise NotImplementedError
@@ -99,50 +104,69 @@ class Closing:
         return await self._decide(auction)
 
     def _open_window(self, auction: Auction) -> None:
-        auction.deadline = self.clock.monotonic() + self.market.window_s
+        auction.asked_at = self.clock.monotonic()
+        auction.deadline = auction.asked_at + self.market.window_s
         self._windows.add(auction)
         self._bounds_for(auction)  # while the workers compute their bids
-        if self._decided_on_bounds(auction):  # nobody asked can win (every bound 0)
+        if self._jointly():
+            self._check_joint()  # nobody asked (every bound 0): the others may decide it
+        elif self._decided_on_bounds(auction):  # nobody asked can win (every bound 0)
             auction.close(on_bounds=True)
 
     async def _collect(self, auction: Auction) -> None:
         """Wait until the window closes, and say whether on bounds (`on_bounds`).
 
-        Woken by a bid that may close it, by its deadline, a drain, or to ask more workers;
-        the reason is read again here, from what the auction has now. The check and the
-        decision that follows (`_decide`, which awards an auction closed on bounds alone and
-        at once) run without an await in between, so both see the same capacity: the award
-        is the one all the eligible workers' bids would give.
+        Woken by a bid that may close it, by its deadline, a drain, to ask more workers, or
+        decided jointly with the auctions open with it (`_check_joint`, which awarded it
+        already); the reason is read again here, from what the auction has now. The check
+        and the decision that follows (`_decide`, which awards an auction closed on bounds
+        alone and at once) run without an await in between, so both see the same capacity:
+        the award is the one all the eligible workers' bids would give.
         """
         while True:
             await auction.done.wait()
+            if auction.decided:
+                return  # awarded with the others open (`_check_joint`)
             if auction.widen and not (self._draining or auction.expired or auction.cut):
                 await self._ask_more(auction)
+                continue  # read again: bids that came meanwhile may have decided it
             auction.on_bounds = False
             if self._draining or auction.expired or auction.cut:
                 return  # on the bids in hand: the silent ones are late
-            if window_complete(auction.eligible, auction.answered):
+            jointly = self._jointly()
+            if not jointly and window_complete(auction.eligible, auction.answered):
                 return
-            if self._decided_on_bounds(auction):
+            if not jointly and self._decided_on_bounds(auction):
                 auction.on_bounds = True
                 return
             auction.reopen()
             if auction.widen:  # asked for by a bid that came in while it was asking
                 auction.done.set()
+            elif jointly:
+                self._check_joint()
             else:
                 self._maybe_ask_more(auction)
 
-    def _awarded_alone(self) -> bool:
-        """Would an auction closing now be awarded alone (no joint award with others)?"""
-        return self.market.joint_award_s <= 0 or (not self._auctions and not self._batch)
+    def _jointly(self) -> bool:
+        """Are the open auctions closed together on bounds (`_check_joint`)? With the joint
+        award and the close on bounds on, while more than one is open or a batch waits."""
+        market = self.market
+        return (
+            market.joint_award_s > 0
+            and market.early_close
+            and market.early_close_on_bounds
+            and self._bounds is not None
+            and (len(self._auctions) > 1 or self._batch is not None)
+        )
 
     def _first_asked(self, auction: Auction, *, directed: bool) -> set[str]:
         """The eligible workers on their own channel to announce `auction` to now.
 
-        All of them, unless the auction may close on bounds (and would be awarded alone):
-        then the one with the highest bound (then the lower load ratio, then the smaller id),
-        and every one not bounded yet. The others are asked only if the bids in hand do not
-        decide the award (`_on_bid`), so the award is the one announcing to all would give.
+        All of them, unless the auction may close on bounds: then the one with the highest
+        bound (with others open, preferring one none of them asked; then the lower load
+        ratio, then the smaller id), and every one not bounded yet. The others are asked
+        only if the bids in hand do not decide the award (`_on_bid`: alone, or jointly with
+        the auctions open with it), so the award is the one announcing to all would give.
         """
         direct = auction.eligible & self._direct
         market = self.market
@@ -153,7 +177,6 @@ class Closing:
             and market.early_close
             and market.early_close_on_bounds
             and self._bounds is not None
-            and self._awarded_alone()
         ):
             return direct
         bounds = self._bounds_for(auction)
@@ -162,19 +185,13 @@ class Closing:
         if not bounded:
             return unbounded
         capacity, load = self._capacity, self._load
+        # with others open, one of the workers they ask first is likelier to win there
+        taken = {w for a in self._auctions.values() if not a.settling for w in a.asked}
 
-        def rank(w: str) -> tuple[float, float, str]:
-            return (-bounds[w], load.get(w, 0) / max(1, capacity.get(w, 1)), w)
+        def rank(w: str) -> tuple[bool, float, float, str]:
+            return (w in taken, -bounds[w], load.get(w, 0) / max(1, capacity.get(w, 1)), w)
 
         return unbounded | {min(bounded, key=rank)}
-
-    def _ask_everyone_held(self) -> None:
-        """Another auction opens: with the joint award on, those open ask everyone now."""
-        if self.market.joint_award_s <= 0:
-            return
-        for auction in self._auctions.values():
-            if auction.held and not auction.widen:
-                auction.ask_more(sorted(auction.held))
 
     def _may_have_room(self, eligible: set[str]) -> set[str]:
         """The directed workers not eligible that hear an announcement all the same.
@@ -220,7 +237,101 @@ class Closing:
         ask = contenders(auction.bids, silent, self._free())[: 1 << auction.widened]
         if ask:
             auction.widened += 1
+            auction.asked_at = self.clock.monotonic()
             auction.ask_more(ask)
+
+    def _reconsider(self) -> None:
+        """An auction ended: do the bids in hand decide those still open now?
+
+        Those open together are checked jointly again (`_check_joint`); one left alone
+        after the others ended is decided, or asks more, by the rules for one auction.
+        """
+        if self._draining or not self.market.early_close or self.market.joint_award_s <= 0:
+            return
+        if self._jointly():
+            self._check_joint()
+            return
+        for auction in self._auctions.values():  # one at most
+            if auction.deadline and not (auction.settling or auction.done.is_set()):
+                if window_complete(auction.eligible, auction.answered) or (
+                    self._decided_on_bounds(auction)
+                ):
+                    auction.close()  # `_collect` reads how
+                else:
+                    self._maybe_ask_more(auction)
+
+    def _check_joint(self) -> None:
+        """Auctions open together: award them all at once if the bids in hand decide their
+        joint award whatever the silent workers could bid (`auction.joint_contenders`);
+        otherwise ask those whose bids could change it.
+
+        Only once every worker asked has answered (the bids on their way may decide it),
+        or for ``joint_award_s`` at most: an auction still waiting for a bid it asked for
+        longer ago is left out (awarded later, once answered or at its deadline), so that a
+        slow worker holds up no other auction for longer. An auction closed otherwise
+        (deadline, paused, a batch) is not part of it. The award is `award_batch` on the
+        bids in hand, each winner reserved at once, as `_settle` does for a batch.
+        """
+        group = self._joint_group()
+        if not group:
+            return
+        free = self._free()
+        silent = {
+            a.task_id: {w: b for w, b in self._bounds_for(a).items() if w not in a.answered}
+            for a in group
+        }
+        bids = {a.task_id: a.bids for a in group}
+        ask = joint_contenders(bids, silent, free)
+        if ask:
+            for auction in group:
+                more = [w for w in ask.get(auction.task_id, ()) if w in auction.held]
+                if more:
+                    auction.widened += 1
+                    auction.asked_at = self.clock.monotonic()
+                    auction.ask_more(more)
+            return
+        winners = award_batch(bids, free)
+        for auction in group:
+            auction.decided, auction.winner = True, winners[auction.task_id]
+            if auction.winner is not None:
+                self._committed[auction.winner.worker_id] += 1
+            auction.close(on_bounds=True)
+        self.stats.counts["joint_on_bounds"] += 1
+        self._wake_dispatch()
+
+    def _joint_group(self) -> list[Auction] | None:
+        """The open auctions `_check_joint` decides together now, or None to wait: for an
+        announcement on its way, or for a bid asked for less than ``joint_award_s`` ago
+        (then checked again at that time)."""
+        now, patience = self.clock.monotonic(), self.market.joint_award_s
+        group: list[Auction] = []
+        wait_until = math.inf
+        for a in self._auctions.values():
+            if a.settling or a.decided or a.expired or a.cut:
+                continue
+            if not a.deadline:
+                return None  # checked again when it opens
+            if a.widen or not a.asked <= a.answered:
+                wait_until = min(wait_until, a.asked_at + patience)
+            else:
+                group.append(a)
+        if now < wait_until < math.inf:
+            self._check_joint_at(wait_until)
+            return None
+        return group
+
+    def _check_joint_at(self, when: float) -> None:
+        """Check the auctions open together again at `when` (one timer call at a time)."""
+        if self._joint_recheck is not None and self._joint_recheck <= when:
+            return
+        self._joint_recheck = when
+
+        def recheck() -> None:
+            if self._joint_recheck == when:
+                self._joint_recheck = None
+                self._reconsider()
+
+        self._windows.call_at(when, recheck)
 
     def _bounds_for(self, auction: Auction) -> dict[str, float]:
         """The most each eligible worker could bid in `auction` (kept until the book changes)."""
@@ -236,8 +347,8 @@ class Closing:
         """Do the bids in hand decide `auction`, whatever its silent workers bid?
 
         Only for an auction that would be awarded alone: with the joint award, while no
-        other auction is open or waiting (a batch ranks auctions by their second-best bids
-        too, which silent workers could change).
+        other auction is open or waiting (those open together are decided together:
+        `_check_joint`).
         """
         if self._bounds is None or not self.market.early_close_on_bounds or not auction.eligible:
             return False
@@ -250,13 +361,17 @@ class Closing:
     async def _decide(self, auction: Auction) -> ReceivedBid | None:
         """The winner of a closed auction, reserved in `_committed` before anything awaits.
 
-        With ``joint_award_s`` 0, or closed on bounds, it is chosen at once. Otherwise the
-        auction joins the batch of auctions closed meanwhile; the first of them waits until
+        Decided jointly on bounds (`_check_joint`): its winner, reserved already. With
+        ``joint_award_s`` 0, or closed on bounds alone, it is chosen at once. Otherwise
+        (closed at its deadline, by a drain, or with no close on bounds) the auction joins
+        the batch of auctions closed meanwhile; the first of them waits until
         the auctions open at that moment have joined (or ended), or ``joint_award_s``, then
         the batch is awarded jointly (`_settle`); a batch of one is awarded without waiting.
         Auctions opened later do not hold it up: under load one opens every few
         milliseconds, and each would keep the batch waiting up to ``joint_award_s``.
         """
+        if auction.decided:
+            return auction.winner  # reserved by `_check_joint`
         if self.market.joint_award_s <= 0 or auction.on_bounds:
             winner = choose_winner(auction.bids, self._free())
             if winner is not None:

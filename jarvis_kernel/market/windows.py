@@ -3,14 +3,15 @@
 An `Auction` is closed (`Auction.close`) by the bid that completes it, by the bid that
 decides it on bounds, by a drain, or by the `WindowTimer` at its deadline; its owner is also
 woken (`Auction.ask_more`) to announce it to workers held back so far. One timer task
-serves every open window, so that waiting for a window costs an `anyio.Event`, not a task
-and a cancel scope per auction.
+serves every open window (and the auctioneer's other timed checks), so that waiting for a
+window costs an `anyio.Event`, not a task and a cancel scope per auction.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -30,11 +31,13 @@ class Auction:
         "announced_tick",
         "answered",
         "asked",
+        "asked_at",
         "bids",
         "bounds",
         "bounds_gen",
         "cut",
         "deadline",
+        "decided",
         "done",
         "eligible",
         "expired",
@@ -46,6 +49,7 @@ class Auction:
         "task_id",
         "widen",
         "widened",
+        "winner",
     )
 
     def __init__(self, task: Task, round_: int, eligible: set[str], deadline: float) -> None:
@@ -58,6 +62,10 @@ class Auction:
         self.settling = False  # waiting in a joint award's batch (bids still count)
         self.expired = False
         self.cut = False  # stopped asking (paused meanwhile): awarded on the bids in hand
+        # awarded with the auctions open with it, on bounds (`Closing._check_joint`): its
+        # winner (reserved already) or None
+        self.decided = False
+        self.winner: ReceivedBid | None = None
         self.bounds: dict[str, float] = {}  # silent worker -> the most it could bid
         self.bounds_gen = -1  # `BoundBook.generation` the bounds were computed at
         # Directed announcements: the eligible workers on their own channel that were
@@ -65,6 +73,7 @@ class Auction:
         self.announce = b""
         self.announced_tick = 0  # the auctioneer's step count when it was announced
         self.asked: set[str] = set()
+        self.asked_at = 0.0  # when it last asked (`Clock` time)
         self.held: set[str] = set()
         self.widen: list[str] = []
         self.widened = 0  # times asked again
@@ -90,18 +99,26 @@ class Auction:
 
 
 class WindowTimer:
-    """Closes every auction still open at its deadline (`Clock` time)."""
+    """Closes every auction still open at its deadline (`Clock` time), and makes the calls
+    asked for at a time (`call_at`)."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self._heap: list[tuple[float, int, Auction]] = []
+        self._heap: list[tuple[float, int, Auction | Callable[[], None]]] = []
         self._seq = itertools.count()
         self._changed = anyio.Event()
         self._target: float | None = None  # the deadline the timer sleeps towards
 
     def add(self, auction: Auction) -> None:
-        heapq.heappush(self._heap, (auction.deadline, next(self._seq), auction))
-        if self._target is None or auction.deadline < self._target:
+        self._push(auction.deadline, auction)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> None:
+        """Call `callback` (synchronous, quick) at `when` (`Clock` time) or soon after."""
+        self._push(when, callback)
+
+    def _push(self, when: float, item: Auction | Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), item))
+        if self._target is None or when < self._target:
             self._changed.set()
 
     async def run(
@@ -111,10 +128,13 @@ class WindowTimer:
         while True:
             now = self.clock.monotonic()
             while self._heap and self._heap[0][0] <= now:
-                _, _, auction = heapq.heappop(self._heap)
-                auction.expired = True
-                if not auction.done.is_set():
-                    auction.close()
+                _, _, item = heapq.heappop(self._heap)
+                if not isinstance(item, Auction):
+                    item()
+                    continue
+                item.expired = True
+                if not item.done.is_set():
+                    item.close()
             self._target = self._heap[0][0] if self._heap else None
             self._changed = anyio.Event()
             if self._target is None:

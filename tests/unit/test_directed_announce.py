@@ -267,7 +267,10 @@ async def test_an_idle_bid_read_after_a_task_it_did_not_know_of_ended_is_not_exa
         rng=rng,
         delays={"t": 0.001, "u": 0.002, "v": 0.001},
     )
-    async with open_market([w, x], early_close_on_bounds=True) as (auctioneer, bus, keys, clock):
+    # each auction awarded alone: open together, t's award would wait for w's bid for u
+    # (`_check_joint`); the race is the same when t is awarded before u opens
+    market = {"early_close_on_bounds": True, "joint_award_s": 0.0}
+    async with open_market([w, x], **market) as (auctioneer, bus, keys, clock):
         with anyio.fail_after(30):
             only_w = Task(task_id="t", required_skills=react, complexity=0.3)
             only_w = msgspec.structs.replace(only_w, required_model="gemini:pro")

@@ -2,8 +2,8 @@
 
 The auctioneer on the FakeClock and MemoryBus with directed bidders (workers of this
 version), several auctions open at once: a worker full with this kernel's awards does not
-hear announcements, a joint award does not wait for auctions opened after it formed, bids
-that come while an auction waits in a joint award count, an auction past its deadline never
+hear announcements, auctions open together wait for a slow worker `joint_award_s` at most,
+bids that come while an auction waits in a joint award count, an auction past its deadline never
 waits again, and through all of it no worker left idle could have beaten a winner.
 """
 
@@ -16,6 +16,7 @@ import pytest
 
 from jarvis_kernel.bus.memory import MemoryBus
 from jarvis_kernel.clock import FakeClock
+from jarvis_kernel.market.auction import ReceivedBid, award_batch
 from jarvis_kernel.market.auctioneer import Auctioneer
 from jarvis_kernel.market.windows import Auction
 from jarvis_kernel.protocol import Assignment, Keys, Task, TaskCompleted, decode, encode
@@ -83,11 +84,11 @@ async def test_a_worker_full_with_this_kernels_awards_does_not_hear_announcement
             assert [b.heard - h for b, h in zip(bidders, heard, strict=True)] == [0, 1, 1]
 
 
-async def test_a_joint_award_waits_only_for_the_auctions_open_when_it_formed() -> None:
-    """A closes first and waits for B (open then); C opens meanwhile and waits for a slow
-    worker: A and B are awarded once B closed, however long `joint_award_s` is, without
-    waiting for C. (Workers register one by one so that each auction has its own eligible
-    workers: A w0 w1, B also w2, C also w3.)"""
+async def test_auctions_open_together_wait_for_a_slow_worker_joint_award_s_at_most() -> None:
+    """A and B have their bids; C opens meanwhile and waits for a slow worker: A and B are
+    awarded together once C has waited `joint_award_s` (10 ms), not when w3 answers C
+    (100 ms), and C later. (Workers register one by one so that each auction has its own
+    eligible workers: A w0 w1, B also w2, C also w3.)"""
     rng = random.Random(1)
     w0, w1, w2, w3 = _direct(
         [
@@ -95,7 +96,7 @@ async def test_a_joint_award_waits_only_for_the_auctions_open_when_it_formed() -
             for i, w in enumerate((0.9, 0.6, 0.3, 0.5))
         ]
     )
-    async with open_market([w0, w1, w2, w3], joint_award_s=10.0) as (auctioneer, bus, keys, clock):
+    async with open_market([w0, w1, w2, w3], joint_award_s=0.01) as (auctioneer, bus, keys, clock):
         await bus.hdel(keys.workers, "w2", "w3")  # not registered yet
         await auctioneer.refresh_workers()
         ids = ["w0", "w1", "w2", "w3"]
@@ -107,17 +108,23 @@ async def test_a_joint_award_waits_only_for_the_auctions_open_when_it_formed() -
             await auctioneer.refresh_workers()
             await auctioneer.submit(Task(task_id="B", required_skills=["react"]))
             await _settle()
-            await clock.advance(0.002)  # A has closed (w0, w1 answered); B waits for w2
+            await clock.advance(0.002)  # A has its bid; B waits for w2
             await _settle()
             await register(bus, keys, clock, w3)
             await auctioneer.refresh_workers()
             await auctioneer.submit(Task(task_id="C", required_skills=["react"]))
+            await _settle()
+            c_asked = clock.monotonic()
             won: dict[str, str] = {}
+            awarded_at: dict[str, float] = {}
             for _ in range(20):  # 20 ms: w3 answers C at 102 ms
                 await _settle()
                 await clock.advance(0.001)
-                won |= await _awarded(bus, keys, ids)
+                new = await _awarded(bus, keys, ids)
+                awarded_at |= dict.fromkeys(new, clock.monotonic())
+                won |= new
             assert won == {"A": "w0", "B": "w1"}
+            assert awarded_at["A"] == awarded_at["B"] >= c_asked + 0.01  # together, after C
             while "C" not in won:
                 await _settle()
                 await clock.advance(0.01)
@@ -125,16 +132,22 @@ async def test_a_joint_award_waits_only_for_the_auctions_open_when_it_formed() -
             assert won["C"] == "w3"
 
 
-async def test_a_bid_that_comes_while_an_auction_waits_in_a_joint_award_counts() -> None:
-    """A closes (w0 and w1 answered) and waits for B, which waits for w3 (slow, registered
-    after A was announced). Meanwhile w2, full by the load it last reported, so not
-    eligible, hears A, bids from an idle slot, and beats them: it wins A."""
+@pytest.mark.parametrize("on_bounds", [True, False], ids=["on-bounds", "batch"])
+async def test_a_bid_that_comes_while_an_auction_waits_in_a_joint_award_counts(
+    on_bounds: bool,
+) -> None:
+    """A has its bids and waits for B, which waits for w3 (slow, registered after A was
+    announced): jointly on bounds (A's asks answered), or closed and waiting in a batch
+    (without the close on bounds: w0 and w1 answered). Meanwhile w2, full by the load it
+    last reported, so not eligible, hears A, bids from an idle slot, and beats them: it
+    wins A."""
     rng = random.Random(3)
     bidders = _trio(rng, (0.5, 0.4, 0.95))
     late = _direct(
         [Bidder("w3", model="gemini:flash", expertise={"react": 0.3}, foreign=False, rng=rng)]
     )[0]
-    async with open_market([*bidders, late], joint_award_s=10.0) as (auctioneer, bus, keys, clock):
+    market = {"joint_award_s": 10.0, "early_close_on_bounds": on_bounds}
+    async with open_market([*bidders, late], **market) as (auctioneer, bus, keys, clock):
         await bus.hdel(keys.workers, "w3")
         await auctioneer.refresh_workers()
         ids = ["w0", "w1", "w2", "w3"]
@@ -155,6 +168,7 @@ async def test_a_bid_that_comes_while_an_auction_waits_in_a_joint_award_counts()
                 await clock.advance(0.001)
                 won |= await _awarded(bus, keys, ids)
             assert won["A"] == "w2"
+            assert auctioneer.stats.counts["joint_on_bounds"] == (1 if on_bounds else 0)
 
 
 def test_an_auction_past_its_deadline_never_waits_again() -> None:
@@ -240,3 +254,73 @@ async def _end_fallen(bus: MemoryBus, keys: Keys, clock: FakeClock, task: Task) 
     while await bus.hget(keys.internal("live"), task.task_id) is not None:
         await _settle()
         await clock.advance(0.001)
+
+
+@pytest.mark.parametrize("seed", [31, 32])
+async def test_property_directed_joint_award_is_the_award_of_every_bid(seed: int) -> None:
+    """Waves of tasks submitted together, each announced first to one worker: the joint
+    award is the one every eligible worker's bid would give (`award_batch` of all of
+    them), and most workers hear only some of the announcements."""
+    rng = random.Random(seed)
+    heard = sent_to_all = 0
+    for _ in range(3):
+        bidders = _direct(
+            [
+                Bidder(
+                    f"w{i}",
+                    model=rng.choice(["gemini:flash", "gemini:flash", "gpt:large"]),
+                    expertise={s: rng.uniform(0.1, 1.0) for s in ("react", "sql")},
+                    foreign=False,
+                    rng=rng,
+                )
+                for i in range(rng.randint(3, 7))
+            ]
+        )
+        ids = [b.worker_id for b in bidders]
+        async with open_market(list(bidders), joint_award_s=1.0) as (auctioneer, bus, keys, clock):
+            with anyio.fail_after(60):
+                await _warm_up(auctioneer, bus, keys, clock, list(bidders))
+                for wave in range(4):
+                    for bidder in bidders:
+                        bidder.delay_s = rng.randint(1, 4) / 1000
+                    tasks = [
+                        Task(
+                            task_id=f"t{wave}-{n}",
+                            required_skills=rng.sample(["react", "sql"], rng.randint(1, 2)),
+                            complexity=rng.choice([0.1, 0.3, 0.6]),
+                        )
+                        for n in range(rng.randint(2, len(bidders)))
+                    ]
+                    would = {t.task_id: _would_bid(bidders, t, clock) for t in tasks}
+                    before = sum(b.heard for b in bidders)
+                    for task in tasks:
+                        await auctioneer.submit(task)
+                    won: dict[str, str] = {}
+                    while len(won) + await bus.llen(keys.tasks) < len(tasks):
+                        await _settle()
+                        await clock.advance(0.001)
+                        won |= await _awarded(bus, keys, ids)
+                    heard += sum(b.heard for b in bidders) - before
+                    sent_to_all += len(tasks) * len(bidders)
+                    every_bid = {
+                        t.task_id: [
+                            ReceivedBid(w, b.intended.get(t.task_id, would[t.task_id][w]), 0, 1, i)
+                            for i, (w, b) in enumerate((b.worker_id, b) for b in bidders)
+                        ]
+                        for t in tasks
+                    }
+                    expected = award_batch(every_bid, dict.fromkeys(ids, 1))
+                    assert won == {t: b.worker_id for t, b in expected.items() if b}, (
+                        every_bid,
+                        won,
+                    )
+                    await bus.delete(keys.tasks)
+                    for task in tasks:
+                        if task.task_id in won:
+                            await _complete(bus, keys, clock, task, won[task.task_id], bidders, rng)
+                        else:
+                            await _end_fallen(bus, keys, clock, task)
+                    await _flush(clock)
+            assert auctioneer.stats.counts["bound_exceeded"] == 0
+            assert auctioneer.stats.counts["joint_on_bounds"] > 0
+    assert heard < 0.7 * sent_to_all, (heard, sent_to_all)
