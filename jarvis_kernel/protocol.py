@@ -247,6 +247,11 @@ class TaskCompleted(Event, frozen=True, kw_only=True, tag="task.completed"):
     result: Any = None
     token_usage: NonNegInt = 0
     attempt: PositiveInt = 1
+    weights: dict[Skill, Unit] | None = None
+    """The weights the worker bids from now, having learned from this outcome, for the
+    task's required skills (as `Bid.weights` reads them). Sent by workers of this version
+    holding no other task, so that the kernel's bound of the worker is exact at once
+    (docs/protocol.md, "Early close on bounds")."""
 
     def __post_init__(self) -> None:
         _check_result_size(self.result)
@@ -256,6 +261,8 @@ class TaskFailed(Event, frozen=True, kw_only=True, tag="task.failed"):
     error_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     error: str = ""
     attempt: PositiveInt = 1
+    weights: dict[Skill, Unit] | None = None
+    """As `TaskCompleted.weights`."""
 
 
 class TaskRequeued(Event, frozen=True, kw_only=True, tag="task.requeued"):

@@ -728,8 +728,8 @@ class Auctioneer(Closing):
         record, raw = live
         if isinstance(event, TaskStarted):
             await self._on_started(record, raw, event)
-        else:
-            await self.retry_or_bury(record, raw, f"failed: {event.error_key}")
+        elif await self.retry_or_bury(record, raw, f"failed: {event.error_key}"):
+            self._learned(record, event)
 
     async def _remove_completed(
         self, completed: dict[str, tuple[TaskCompleted, TaskRecord, bytes]]
@@ -747,6 +747,7 @@ class Auctioneer(Closing):
         ):
             if ok:
                 self._release(record)
+                self._learned(record, event)
                 self._records.pop(task_id, None)
                 self.stats.counts["completed"] += 1
                 self._finished(event)
@@ -770,6 +771,21 @@ class Auctioneer(Closing):
     def _finished(self, event: Event) -> None:
         for listener in list(self._listeners):
             listener(event)
+
+    def _learned(self, record: TaskRecord, event: TaskCompleted | TaskFailed) -> None:
+        """The end of a task said the weights its worker bids from now (`event.weights`):
+        exact for its bound if the worker owes nothing else it could learn from (no task
+        of this kernel's awarded to it and not ended; the worker sends them only when it
+        holds no other task). Read after `_release`."""
+        worker = record.worker_id
+        if (
+            self._bounds is not None
+            and event.weights
+            and worker
+            and event.worker_id == worker
+            and not self._committed[worker]
+        ):
+            self._bounds.observe_weights(worker, event.weights)
 
     def _release(self, record: TaskRecord) -> None:
         if record.worker_id and record.state in ("assigned", "running"):

@@ -35,7 +35,10 @@ its last task's end read before the announcement the bid answers: the auctioneer
 (`will_learn`) or a task on the shared list with the skill drops them back to the rule
 above. Without this the book's weights only rise (raised per award, merged by the
 maximum), and a worker that won often stays bounded near the ceiling: asked first by the
-directed announcements (docs/protocol.md) though its bid no longer decides.
+directed announcements (docs/protocol.md) though its bid no longer decides. The end of a
+task says them too (`TaskCompleted.weights`, `TaskFailed.weights`: the worker learns before
+it writes the end, and says them only when it holds no other task); read when no other
+task of this kernel's is awarded to the worker and not ended, they are exact at once.
 
 A worker bids from an optimistic reading of its weights (`scoring.optimistic_expertise`,
 exploration: the policy's `optimism` imagined successes on a belief worth `prior_strength`

@@ -130,13 +130,16 @@ class JobRunner:
             job.started_at = agent.clock.monotonic()
             await agent.emit(TaskStarted(**self._ids(job)))
             outcome = await self._execute(job)
+            # Learned before the outcome is written (no await in between: no bid sees the
+            # memory half-way), so that the end event can say the weights it bids from now.
+            self._learn(job, outcome)
             await self._finish(job, outcome)
             # The slot is free from the moment the outcome is written: the kernel counts it
-            # free then too, so a bid made while learning must not refuse for want of room.
+            # free then too, so a bid made while saving must not refuse for want of room.
             agent.jobs.pop(job.key, None)
             _done(agent, release)
             release = None
-            await self._learn(job, outcome)
+            await self._save(job)
         finally:
             agent.jobs.pop(job.key, None)
             _done(agent, release)
@@ -186,14 +189,29 @@ class JobRunner:
         return outcome
 
     def _terminal_event(self, job: Job, outcome: Outcome) -> Event:
+        weights = self._weights_now(job)
         if isinstance(outcome, Completed):
             try:
                 return TaskCompleted(
-                    **self._ids(job), result=outcome.result, token_usage=outcome.token_usage
+                    **self._ids(job),
+                    result=outcome.result,
+                    token_usage=outcome.token_usage,
+                    weights=weights,
                 )
             except (ValueError, TypeError) as exc:
                 outcome = Failed(error_key="result.invalid", error=str(exc))
-        return TaskFailed(**self._ids(job), error_key=outcome.error_key, error=outcome.error)
+        return TaskFailed(
+            **self._ids(job), error_key=outcome.error_key, error=outcome.error, weights=weights
+        )
+
+    def _weights_now(self, job: Job) -> dict[str, float] | None:
+        """What the worker bids from for the task's skills now that it learned from it;
+        None while it holds another task (it will learn from that one too)."""
+        agent = self._agent
+        if any(key != job.key for key in agent.jobs):
+            return None
+        reading = agent.memory.bid_expertise()
+        return {s: reading.get(s, 0.0) for s in job.task.required_skills}
 
     async def _finish(self, job: Job, outcome: Outcome) -> None:
         """The one terminal event and the LREM, all or nothing."""
@@ -204,7 +222,7 @@ class JobRunner:
         tx = agent.event_tx(Tx(), event).lrem(self._processing(), 1, job.raw)
         await agent.bus.execute(tx)
 
-    async def _learn(self, job: Job, outcome: Outcome) -> None:
+    def _learn(self, job: Job, outcome: Outcome) -> None:
         agent, task = self._agent, job.task
         # a model too weak for the task explains part of a failure: the skills take less blame
         able = adequacy(task.complexity, model_spec(agent.spec.model, agent.scoring).capability)
@@ -215,6 +233,10 @@ class JobRunner:
             now_ms=agent.clock.time_ms(),
             adequacy=able,
         )
+
+    async def _save(self, job: Job) -> None:
+        """Keep what it learned (`.memory/workers/<id>.json`) and publish it."""
+        agent, task = self._agent, job.task
         try:
             await save_memory(agent.memory_dir, agent.memory)
         except OSError as exc:

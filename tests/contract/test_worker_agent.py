@@ -286,6 +286,33 @@ async def test_runs_a_task_events_in_order_then_lrem(world: World) -> None:
     assert saved["recentFiles"][0]["path"] == "src/a.ts"
 
 
+async def test_an_end_says_the_weights_it_bids_from_now_when_it_holds_nothing_else(
+    world: World,
+) -> None:
+    """It learns from an outcome before writing it: the end of its last task in hand says the
+    weights its next bid is scored from (`weights`, the task's skills); the end of one while
+    it holds another says none (that one will teach it more)."""
+    agent = world.agent(capacity=2, expertise={"react": 0.5, "sql": 0.5})
+    async with (
+        world.bus.subscribe(patterns=[KEYS.bids_pattern]) as sub,
+        running(agent),
+    ):
+        await world.push(Assignment(task_id="t1", required_skills=["react"]))
+        await world.push(Assignment(task_id="t2", required_skills=["react", "sql"]))
+        await world.until(lambda: _true(world.executor.runs == ["t1", "t2"]))
+        world.executor.release("t1")
+        (first,) = await world.wait_event("task.completed")
+        world.executor.release("t2")
+        _, last = await world.wait_event("task.completed", 2)
+        announce = world.announce("t3", required_skills=["react", "sql"])
+        await world.bus.publish(MARKET, encode(announce))
+        bid = await next_bid(sub.__aiter__())
+    assert first.task_id == "t1" and first.weights is None  # type: ignore[union-attr]
+    assert last.task_id == "t2" and last.weights == bid.weights  # type: ignore[union-attr]
+    assert bid.load == 0 and bid.weights is not None
+    assert set(bid.weights) == {"react", "sql"} and bid.weights["sql"] > 0.5  # learned
+
+
 async def test_timeout_fails_the_task(world: World) -> None:
     agent = world.agent()
     async with running(agent):

@@ -287,3 +287,61 @@ async def test_an_idle_bid_read_after_a_task_it_did_not_know_of_ended_is_not_exa
             assert await _winner(bus, keys, clock, "v") == "w"  # it bids `fresh` > x's
             assert w.intended["v"] == pytest.approx(fresh)
             assert auctioneer.stats.counts["bound_exceeded"] == 0
+
+
+@pytest.mark.parametrize("says_weights", [True, False], ids=["weights-at-end", "no-weights"])
+async def test_an_end_that_says_the_weights_makes_its_worker_exact_at_once(
+    says_weights: bool,
+) -> None:
+    """x wins T (react and sql) and learns from it a little (much evidence). Bounded by the
+    largest step a success can take, x could beat w on U (react); by the weights its end
+    says, it cannot: U is then announced to w alone, and x hears nothing of it."""
+    rng = random.Random(0)
+    w, x = _direct(
+        [
+            Bidder(
+                "w",
+                model="gemini:flash",
+                expertise={"react": 0.7, "sql": 0.1},
+                foreign=False,
+                rng=rng,
+            ),
+            Bidder(
+                "x",
+                model="gemini:flash",
+                expertise={"react": 0.62, "sql": 0.9},
+                foreign=False,
+                rng=rng,
+            ),
+        ]
+    )
+    x.evidence = {"react": 30.0, "sql": 30.0}
+    async with open_market([w, x], early_close_on_bounds=True) as (auctioneer, bus, keys, clock):
+        with anyio.fail_after(30):
+            for bidder in (w, x):
+                bidder.delay_s = 0.001
+            t = Task(task_id="t", required_skills=["react", "sql"], complexity=0.3)
+            await auctioneer.submit(t)
+            assert await _winner(bus, keys, clock, "t") == "x"
+            await _flush(clock)
+            x.expertise, x.evidence = learn_with_evidence(
+                x.expertise, x.evidence, t.required_skills, success=True
+            )
+            end = TaskCompleted(
+                at_ms=clock.time_ms(),
+                task_id="t",
+                worker_id="x",
+                weights=x.weights(
+                    Announce(task_id="t", round=1, closes_at_ms=0, required_skills=["react", "sql"])
+                )
+                if says_weights
+                else None,
+            )
+            await bus.xadd(keys.events, {"event": encode(end)})
+            while await bus.hget(keys.internal("live"), "t") is not None:
+                await _settle()
+                await clock.advance(0.001)
+            heard = x.heard
+            await auctioneer.submit(Task(task_id="u", required_skills=["react"], complexity=0.3))
+            assert await _winner(bus, keys, clock, "u") == "w"
+            assert x.heard - heard == (0 if says_weights else 1)

@@ -474,8 +474,16 @@ async def _complete(
         bidder.expertise, bidder.evidence, task.required_skills, success=rng.random() < 0.6
     )
     bidder.recent.update(dict.fromkeys(task.files, clock.time_ms()))
-    done = TaskCompleted(
-        at_ms=clock.time_ms(), task_id=task.task_id, worker_id=winner, attempt=1, result=None
+    skills = Announce(
+        task_id=task.task_id, round=1, closes_at_ms=0, required_skills=task.required_skills
+    )
+    done = TaskCompleted(  # with the weights it bids from now, as a worker of this version
+        at_ms=clock.time_ms(),
+        task_id=task.task_id,
+        worker_id=winner,
+        attempt=1,
+        result=None,
+        weights=bidder.weights(skills),
     )
     await bus.xadd(keys.events, {"event": encode(done)})
     if rng.random() < 0.3:
