@@ -177,23 +177,7 @@ def test_property_joint_award_is_the_best_total_and_its_tie_rule(seed: int) -> N
     rng = random.Random(seed)
     seq = itertools.count()
     for _ in range(400):
-        workers = [f"w{i}" for i in range(rng.randint(1, 4))]
-        free = {w: rng.choice([0, 1, 1, 2]) for w in workers}
-        # coarse, so ties are common; dyadic ones sum exactly (0.25 + 0.5 == 0.75)
-        scores = [0.0, 0.25, 0.3, 0.5, 0.5, 0.75, 0.8, 0.9]
-        auctions = {
-            f"t{i}": [
-                bid(
-                    w,
-                    rng.choice(scores) if rng.random() < 0.7 else rng.random(),
-                    load=rng.randint(0, 1),
-                    capacity=2,
-                    seq=next(seq),
-                )
-                for w in rng.sample(workers, rng.randint(0, len(workers)))
-            ]
-            for i in rng.sample(range(9), rng.randint(1, 5))
-        }
+        auctions, free = _random_batch(rng, seq)
         winners = award_batch(auctions, free)
         _, expected = _brute_force(auctions, free)
         assert winners == expected, (auctions, free)

@@ -209,22 +209,9 @@ async def test_property_overlapping_auctions_no_idle_worker_could_beat_a_winner(
                 for wave in range(4):
                     for bidder in bidders:
                         bidder.delay_s = rng.randint(1, 12) / 1000
-                    tasks = [
-                        Task(
-                            task_id=f"t{wave}-{n}",
-                            required_skills=rng.sample(["react", "sql"], rng.randint(1, 2)),
-                            complexity=rng.choice([0.1, 0.3, 0.6]),
-                        )
-                        for n in range(rng.randint(2, len(bidders)))
-                    ]
+                    tasks = _wave(rng, wave, len(bidders))
                     would = {t.task_id: _would_bid(bidders, t, clock) for t in tasks}
-                    for task in tasks:
-                        await auctioneer.submit(task)
-                    won: dict[str, str] = {}
-                    while len(won) + await bus.llen(keys.tasks) < len(tasks):
-                        await _settle()
-                        await clock.advance(0.001)
-                        won |= await _awarded(bus, keys, ids)
+                    won = await _run_wave(auctioneer, bus, keys, clock, tasks, ids)
                     idle = [b for b in bidders if b.worker_id not in won.values()]
                     for task in tasks:
                         rivals = [would[task.task_id].get(b.worker_id, 0.0) for b in idle]
@@ -236,14 +223,58 @@ async def test_property_overlapping_auctions_no_idle_worker_could_beat_a_winner(
                         got = next(b for b in bidders if b.worker_id == winner)
                         best = max(rivals, default=0.0)
                         assert got.intended[task.task_id] >= best - 1e-4, (task, would, won)
-                    await bus.delete(keys.tasks)
-                    for task in tasks:
-                        if task.task_id in won:
-                            await _complete(bus, keys, clock, task, won[task.task_id], bidders, rng)
-                        else:  # fell back: end it, so the next wave starts with all free
-                            await _end_fallen(bus, keys, clock, task)
-                    await _flush(clock)
+                    await _end_wave(bus, keys, clock, tasks, won, bidders, rng)
             assert auctioneer.stats.counts["bound_exceeded"] == 0
+
+
+def _wave(rng: random.Random, wave: int, workers: int) -> list[Task]:
+    """2 to `workers` tasks to submit together."""
+    return [
+        Task(
+            task_id=f"t{wave}-{n}",
+            required_skills=rng.sample(["react", "sql"], rng.randint(1, 2)),
+            complexity=rng.choice([0.1, 0.3, 0.6]),
+        )
+        for n in range(rng.randint(2, workers))
+    ]
+
+
+async def _run_wave(
+    auctioneer: Auctioneer,
+    bus: MemoryBus,
+    keys: Keys,
+    clock: FakeClock,
+    tasks: list[Task],
+    ids: list[str],
+) -> dict[str, str]:
+    """Submit `tasks` together; task id -> winner once each is awarded or fell back."""
+    for task in tasks:
+        await auctioneer.submit(task)
+    won: dict[str, str] = {}
+    while len(won) + await bus.llen(keys.tasks) < len(tasks):
+        await _settle()
+        await clock.advance(0.001)
+        won |= await _awarded(bus, keys, ids)
+    return won
+
+
+async def _end_wave(
+    bus: MemoryBus,
+    keys: Keys,
+    clock: FakeClock,
+    tasks: list[Task],
+    won: dict[str, str],
+    bidders: list[DirectBidder],
+    rng: random.Random,
+) -> None:
+    """End every task of a wave, so that the next one starts with every worker free."""
+    await bus.delete(keys.tasks)
+    for task in tasks:
+        if task.task_id in won:
+            await _complete(bus, keys, clock, task, won[task.task_id], list(bidders), rng)
+        else:  # fell back
+            await _end_fallen(bus, keys, clock, task)
+    await _flush(clock)
 
 
 async def _end_fallen(bus: MemoryBus, keys: Keys, clock: FakeClock, task: Task) -> None:
@@ -283,23 +314,10 @@ async def test_property_directed_joint_award_is_the_award_of_every_bid(seed: int
                 for wave in range(4):
                     for bidder in bidders:
                         bidder.delay_s = rng.randint(1, 4) / 1000
-                    tasks = [
-                        Task(
-                            task_id=f"t{wave}-{n}",
-                            required_skills=rng.sample(["react", "sql"], rng.randint(1, 2)),
-                            complexity=rng.choice([0.1, 0.3, 0.6]),
-                        )
-                        for n in range(rng.randint(2, len(bidders)))
-                    ]
+                    tasks = _wave(rng, wave, len(bidders))
                     would = {t.task_id: _would_bid(bidders, t, clock) for t in tasks}
                     before = sum(b.heard for b in bidders)
-                    for task in tasks:
-                        await auctioneer.submit(task)
-                    won: dict[str, str] = {}
-                    while len(won) + await bus.llen(keys.tasks) < len(tasks):
-                        await _settle()
-                        await clock.advance(0.001)
-                        won |= await _awarded(bus, keys, ids)
+                    won = await _run_wave(auctioneer, bus, keys, clock, tasks, ids)
                     heard += sum(b.heard for b in bidders) - before
                     sent_to_all += len(tasks) * len(bidders)
                     every_bid = {
@@ -314,13 +332,7 @@ async def test_property_directed_joint_award_is_the_award_of_every_bid(seed: int
                         every_bid,
                         won,
                     )
-                    await bus.delete(keys.tasks)
-                    for task in tasks:
-                        if task.task_id in won:
-                            await _complete(bus, keys, clock, task, won[task.task_id], bidders, rng)
-                        else:
-                            await _end_fallen(bus, keys, clock, task)
-                    await _flush(clock)
+                    await _end_wave(bus, keys, clock, tasks, won, bidders, rng)
             assert auctioneer.stats.counts["bound_exceeded"] == 0
             assert auctioneer.stats.counts["joint_on_bounds"] > 0
     assert heard < 0.7 * sent_to_all, (heard, sent_to_all)
