@@ -63,7 +63,6 @@ from .auction import (
     ReceivedBid,
     free_capacity,
     priority_key,
-    window_complete,
 )
 from .bounds import NO_BOUND, BoundBook
 from .closing import Closing, JointBatch
@@ -615,12 +614,8 @@ class Auctioneer(Closing):
             return
         if self._jointly():
             self._check_joint()
-        elif window_complete(auction.eligible, auction.answered) or self._decided_on_bounds(
-            auction
-        ):
-            auction.close()  # `_collect` reads how
         else:
-            self._maybe_ask_more(auction)
+            self._check_alone(auction)
 
     def _bound_from_bid(self, auction: Auction, bid: Bid) -> None:
         """What a bid tells the bound book of its worker."""

@@ -253,12 +253,14 @@ class Closing:
             return
         for auction in self._auctions.values():  # one at most
             if auction.deadline and not (auction.settling or auction.done.is_set()):
-                if window_complete(auction.eligible, auction.answered) or (
-                    self._decided_on_bounds(auction)
-                ):
-                    auction.close()  # `_collect` reads how
-                else:
-                    self._maybe_ask_more(auction)
+                self._check_alone(auction)
+
+    def _check_alone(self, auction: Auction) -> None:
+        """Close `auction` (awarded alone) if its bids decide it, else ask whom they need."""
+        if window_complete(auction.eligible, auction.answered) or self._decided_on_bounds(auction):
+            auction.close()  # `_collect` reads how
+        else:
+            self._maybe_ask_more(auction)
 
     def _check_joint(self) -> None:
         """Auctions open together: award them all at once if the bids in hand decide their
