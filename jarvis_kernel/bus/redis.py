@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
+import hiredis
 from anyio.abc import TaskStatus
 from redis import exceptions as rex
 from redis.asyncio import ConnectionPool, Redis
@@ -157,6 +158,17 @@ def _encode_tx(tx: Tx) -> tuple[list[str], list[Arg]]:
     return keys, argv
 
 
+def _pack(commands: Sequence[Sequence[Arg]]) -> list[bytes]:
+    """`commands` in RESP, packed by hiredis (C): redis-py's asyncio connection packs in
+    Python, about 30 us for a 28-argument Tx against 4 us here, on every command sent."""
+    try:
+        # the stub types the argument as a 1-tuple: any length is meant
+        packed = (hiredis.pack_command(tuple(args)) for args in commands)  # type: ignore[arg-type]
+        return [b"".join(packed)]
+    except TypeError as exc:  # as redis-py's own packer reports it
+        raise rex.DataError(str(exc)) from exc
+
+
 def _deadline(timeout_s: float | None) -> float | None:
     return None if timeout_s is None else anyio.current_time() + timeout_s
 
@@ -268,7 +280,7 @@ class RedisBus:
     async def _roundtrip(self, args: Sequence[Arg], *, blocking: bool = False) -> Any:
         conn: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await conn.send_command(*args)
+            await conn.send_packed_command(_pack((args,)))
             timeout = math.inf if blocking else None  # inf: no socket timeout for this read
             return await conn.read_response(disable_decoding=True, timeout=timeout)
         finally:
@@ -537,7 +549,7 @@ class RedisBus:
         """Send `commands` in one write, read every reply (an error reply as its exception)."""
         conn: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await conn.send_packed_command(conn.pack_commands(commands))
+            await conn.send_packed_command(_pack(commands))
             replies: list[Any] = []
             for _ in commands:
                 try:

@@ -438,3 +438,16 @@ async def test_tx_with_many_values(bus: RedisBus) -> None:
     assert await bus.execute(Tx().rpush("big", *values).hset("bigh", fields)) is True
     assert await bus.lrange("big", 0, -1) == [v.encode() for v in values]
     assert len(await bus.hgetall("bigh")) == 10_000
+
+
+async def test_arguments_of_every_kind_are_sent_exactly(bus: RedisBus) -> None:
+    """Commands are packed by hiredis: non-ASCII text, ints and floats to the last bit."""
+    odd, big = 0.1 + 0.2, 2.0**60 + 2.0**8
+    assert await bus.zadd("zset-ü", {"mémoire": odd, "big": big}) == 2
+    assert await bus.zscore("zset-ü", "mémoire") == odd
+    assert await bus.zscore("zset-ü", "big") == big
+    assert await bus.execute(Tx().hset("h", {"ü": BINARY}).lrem("l", -3, "x")) is True
+    assert await bus.hgetall("h") == {"ü": BINARY}
+    with pytest.raises(BusError):  # a value of no RESP kind: at once, no retry
+        await bus.set("k", None)  # type: ignore[arg-type]
+    assert await bus.get("k") is None
