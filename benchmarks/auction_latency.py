@@ -1,7 +1,9 @@
 """The standard auction-latency table: 4 and 16 workers, market vs fixed window vs FCFS.
 
-``market`` closes windows early on bounds too; ``waitall`` is the same kernel waiting for
-every eligible worker (``market.early_close_on_bounds = false``), for the same-run baseline.
+``market`` closes windows early on bounds and announces to the likeliest winner first;
+``broadcast`` is the same announcing to every worker, and ``waitall`` the same kernel waiting
+for every eligible worker (``market.early_close_on_bounds = false``): the same-run baselines
+of those changes (``jarvis_kernel/bench.py``).
 
     python benchmarks/auction_latency.py [--tasks 500] [--repeats 3] [--redis URL]
 
@@ -20,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from jarvis_kernel.bench import run_auction_bench
+from jarvis_kernel.bench import MODES, run_auction_bench
 
 
 def _median(runs: list[dict[str, Any]], mode: str, phase: str, *path: str) -> float:
@@ -60,7 +62,7 @@ def main() -> None:
             )
             for _ in range(args.repeats)
         ]
-        for mode in ("market", "waitall", "fixed", "fcfs"):
+        for mode in MODES:
             for phase in ("light", "saturated"):
                 table.append(
                     {
@@ -74,7 +76,7 @@ def main() -> None:
                         "tasks_per_s": _median(runs, mode, phase, "throughputPerS"),
                     }
                 )
-        for mode in ("market", "waitall"):
+        for mode in (m for m in MODES if m not in ("fixed", "fcfs")):
             ratios = [_ratio(run, mode) for run in runs]
             table.append(
                 {
