@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -107,8 +108,19 @@ class RedisServer:
             raise RedisServerError(f"redis-server did not start on port {self.port}:\n{tail}")
         return self
 
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections are still accepted, nothing is answered."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server (SIGTERM, which saves the AOF; SIGKILL with `kill`)."""
+        self.resume()  # a paused server would not act on SIGTERM
         proc, self._proc = self._proc, None
         if proc is None:
             return

@@ -181,6 +181,37 @@ async def test_outage_beyond_the_budget_is_bus_unavailable(start_server: ServerF
         await bus.aclose()
 
 
+async def test_a_server_that_never_answers_times_out(start_server: ServerFactory) -> None:
+    """A frozen server accepts connections and answers nothing: the socket timeout, which the
+    bus applies itself, ends each command and each greeting of a new connection, and the
+    reconnect budget then ends the call; once the server runs again, the same bus works."""
+    server = start_server()
+    url = f"{server.url}?socket_timeout=0.2"
+    used, fresh = (RedisBus.from_url(url, reconnect_timeout_s=0.4) for _ in range(2))
+    try:
+        await used.set("k", "v")  # `used` has a connection; `fresh` will have to greet anew
+        server.pause()
+        with anyio.fail_after(20):
+            with pytest.raises(BusUnavailable, match=r"no reply from Redis at .* in 0\.2 s"):
+                await used.get("k")
+            with pytest.raises(BusUnavailable, match="no reply"):
+                await used.execute_many([Tx().set("k", "w")])
+            with pytest.raises(BusUnavailable, match="no reply"):
+                await fresh.get("k")
+            with pytest.raises(BusUnavailable, match="no reply"):
+                async with fresh.subscribe(channels=["c"]):
+                    pytest.fail("subscribed to a frozen server")
+        server.resume()
+        with anyio.fail_after(10):
+            assert await used.get("k") == b"v"  # the Tx never got past a new connection's greeting
+            assert await fresh.execute(Tx().set("k", "x"))
+            assert await used.get("k") == b"x"
+    finally:
+        server.resume()
+        await used.aclose()
+        await fresh.aclose()
+
+
 async def test_errors_in_the_subscription_body_pass_unwrapped(bus: RedisBus) -> None:
     with pytest.raises(KeyError):
         async with bus.subscribe(channels=["c"]):
