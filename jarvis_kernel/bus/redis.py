@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any, TypeVar
@@ -350,7 +351,8 @@ class RedisBus:
                 finally:
                     tg.cancel_scope.cancel()
         finally:
-            sub._receive.close()  # the reader has ended: nothing can be sent any more
+            sub._buffer.clear()  # the reader has ended: iterating ends here
+            sub._close()
         if error is not None:
             raise error
 
@@ -613,18 +615,29 @@ class RedisSubscription:
         self._acks: dict[tuple[bytes, str], anyio.Event] = {}
         self._failure: BusError | None = None
         self._done = False
-        self._send, self._receive = anyio.create_memory_object_stream[Message](math.inf)
+        # Messages read and not yet taken. The reader hands each one over directly, waking
+        # the task that iterates: an anyio memory stream costs that task one more loop turn
+        # per message (its receive checkpoints first), ~45 us of CPU on each message.
+        self._buffer: deque[Message] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.connections = 0  # how many times the reader has (re)subscribed; for tests, logs
 
     def __aiter__(self) -> RedisSubscription:
         return self
 
     async def __anext__(self) -> Message:
-        try:
-            return await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            self._raise_failure(closed_ok=True)
-            raise StopAsyncIteration from None
+        while not self._buffer:
+            if self._done:
+                self._raise_failure(closed_ok=True)
+                raise StopAsyncIteration
+            if self._waiter is not None:
+                raise BusError("a subscription is read by one task at a time")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._buffer.popleft()
 
     async def subscribe(self, *channels: str) -> None:
         self._channels.update(channels)
@@ -719,17 +732,25 @@ class RedisSubscription:
     def _dispatch(self, reply: Any) -> None:
         kind = bytes(reply[0])
         if kind == b"message" and _str(reply[1]) in self._channels:
-            self._send.send_nowait(Message(_str(reply[1]), bytes(reply[2])))
+            self._deliver(Message(_str(reply[1]), bytes(reply[2])))
         elif kind == b"pmessage" and _str(reply[1]) in self._patterns:
-            self._send.send_nowait(Message(_str(reply[2]), bytes(reply[3]), _str(reply[1])))
+            self._deliver(Message(_str(reply[2]), bytes(reply[3]), _str(reply[1])))
         elif kind in (b"subscribe", b"psubscribe", b"unsubscribe") and reply[1] is not None:
             event = self._acks.pop((kind, _str(reply[1])), None)
             if event is not None:
                 event.set()
 
+    def _deliver(self, message: Message) -> None:
+        self._buffer.append(message)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
     def _close(self) -> None:
         self._done = True
-        self._send.close()
+        self._wake()
         for event in self._acks.values():
             event.set()
         self._acks.clear()

@@ -218,6 +218,16 @@ async def test_errors_in_the_subscription_body_pass_unwrapped(bus: RedisBus) -> 
             raise KeyError("mine")
 
 
+async def test_a_subscription_is_read_by_one_task_at_a_time(bus: RedisBus) -> None:
+    async with bus.subscribe(channels=["c"]) as sub, anyio.create_task_group() as tg:
+        messages = sub.__aiter__()
+        tg.start_soon(messages.__anext__)
+        await anyio.lowlevel.checkpoint()  # the first reader waits now
+        with pytest.raises(BusError, match="one task at a time"):
+            await messages.__anext__()
+        tg.cancel_scope.cancel()
+
+
 async def test_cancelled_calls_leave_nothing_behind(bus: RedisBus, redis_url: str) -> None:
     async def listen() -> None:
         async with bus.subscribe(channels=["c"]) as sub:
