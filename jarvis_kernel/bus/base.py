@@ -172,6 +172,15 @@ class Bus(Protocol):
         """Publish; returns how many subscribers received it."""
         ...
 
+    async def publish_unconfirmed(self, channel: str, data: Value) -> None:
+        """Publish without waiting for the server's answer: one write, no round trip.
+
+        For messages whose loss the protocol tolerates (a bid: its window runs to the
+        deadline). Messages are sent in order; one sent just as the connection is lost can be
+        lost, unreported (the next one notices and reconnects).
+        """
+        ...
+
     def subscribe(
         self, channels: Sequence[str] = (), patterns: Sequence[str] = ()
     ) -> AbstractAsyncContextManager[Subscription]:

@@ -208,6 +208,9 @@ class MemoryBus:
         await anyio.lowlevel.checkpoint()
         return self._publish(channel, _b(data))
 
+    async def publish_unconfirmed(self, channel: str, data: Value) -> None:
+        await self.publish(channel, data)
+
     def _publish(self, channel: str, data: bytes) -> int:
         return sum(1 for sub in list(self._subs) if sub.deliver(channel, data))
 

@@ -20,17 +20,21 @@ event-loop turn later; on the market's two pub/sub hops that is ~10 % of an awar
 commands (``BLMOVE``, ``XREADGROUP BLOCK``, the pub/sub reader) read without the timeout,
 relying on the server's own timeout, TCP keepalive (redis-py's default: 30 s idle, 3 probes
 5 s apart) and a connection health check.
+
+`RedisBus.publish_unconfirmed` (a worker's bids) writes on one more connection, not the
+pool's, on which the server's replies are turned off: no answer wakes the sender.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -48,6 +52,7 @@ from .base import End, Message, StreamEntry, Subscription, Tx, Value
 __all__ = ["RedisBus", "RedisSubscription", "redact_url"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Arg = bytes | str | int | float
 
 _FIRST_DELAY_S = 0.05
@@ -177,6 +182,13 @@ def _pack(commands: Sequence[Sequence[Arg]]) -> list[bytes]:
         raise rex.DataError(str(exc)) from exc
 
 
+def _closed_by_server(conn: AbstractConnection) -> bool:
+    """Has the server closed `conn`, which it sends nothing on (replies off)? A write would
+    still succeed, and be lost. (redis-py keeps the stream reader private; None: closed.)"""
+    reader: asyncio.StreamReader | None = getattr(conn, "_reader", None)
+    return reader is None or reader.at_eof() or reader.exception() is not None
+
+
 def _deadline(timeout_s: float | None) -> float | None:
     return None if timeout_s is None else anyio.current_time() + timeout_s
 
@@ -217,6 +229,10 @@ class RedisBus:
         self.where = where or _describe(pool)
         self._closed = False
         self._scopes: set[anyio.CancelScope] = set()
+        # `publish_unconfirmed`'s own connection (``CLIENT REPLY OFF``), made at first use;
+        # False once the server refused to turn its replies off: confirmed publishes then
+        self._unconfirmed: AbstractConnection | Literal[False] | None = None
+        self._unconfirmed_lock = asyncio.Lock()
 
     @classmethod
     def from_url(
@@ -250,6 +266,8 @@ class RedisBus:
         self._closed = True
         for scope in list(self._scopes):
             scope.cancel()
+        if self._unconfirmed is not None and self._unconfirmed is not False:
+            await self._drop(self._unconfirmed)
         with anyio.move_on_after(_CLEANUP_GRACE_S, shield=True):
             await self._pool.aclose()
 
@@ -332,6 +350,87 @@ class RedisBus:
     # ------------------------------------------------------------------ pub/sub
     async def publish(self, channel: str, data: Value) -> int:
         return int(await self._call("PUBLISH", channel, data))
+
+    async def publish_unconfirmed(self, channel: str, data: Value) -> None:
+        """`PUBLISH` on a connection of its own that has the server's replies turned off
+        (``CLIENT REPLY OFF``), so that nothing comes back to be read: the sender's process
+        is not woken by the answer, ~100 us of CPU less per message, and Redis writes none.
+
+        A connection lost is noticed at the next write, which raises: it is then sent again
+        on a new connection (the one before it may be lost). A server that refuses
+        ``CLIENT REPLY`` (an ACL, a proxy) gets confirmed publishes instead.
+        """
+        packed = _pack((("PUBLISH", channel, data),))
+
+        async def attempt() -> None:
+            conn = self._unconfirmed
+            if conn is not None and conn is not False and _closed_by_server(conn):
+                self._unconfirmed = None  # e.g. a restart: not a write into the void
+                await self._drop(conn)
+                conn = None
+            if conn is None:
+                conn = await self._unconfirmed_connection()
+            if conn is False:
+                await self._roundtrip(("PUBLISH", channel, data))
+                return
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    await conn.send_packed_command(packed, check_health=False)
+            except BaseException as exc:
+                if self._unconfirmed is conn:
+                    self._unconfirmed = None
+                await self._drop(conn)
+                if isinstance(exc, TimeoutError):  # held up by a server that stopped reading
+                    raise self._timed_out() from None
+                raise
+
+        await self._run(attempt)
+
+    async def _unconfirmed_connection(self) -> AbstractConnection | Literal[False]:
+        """`publish_unconfirmed`'s connection: made once, however many callers wait for it."""
+        async with self._unconfirmed_lock:
+            if self._unconfirmed is None:
+                self._unconfirmed = await self._reply_off_connection()
+            return self._unconfirmed
+
+    async def _reply_off_connection(self) -> AbstractConnection | Literal[False]:
+        """A new connection with replies turned off; False if the server will not do it.
+
+        ``OFF`` then ``ON`` answers only ``ON`` (OK) where the server accepts the command,
+        and an error first where it does not; then ``OFF`` again, for good.
+        """
+        conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await conn.connect()  # type: ignore[no-untyped-call]
+                await conn.send_packed_command(
+                    _pack((("CLIENT", "REPLY", "OFF"), ("CLIENT", "REPLY", "ON"))),
+                    check_health=False,
+                )
+                try:
+                    await conn.read_response(disable_decoding=True)
+                except rex.ResponseError as exc:
+                    log.info(
+                        "Redis at %s refuses CLIENT REPLY OFF (%s): publishes wait for "
+                        "their replies",
+                        self.where,
+                        exc,
+                    )
+                    await self._drop(conn)
+                    return False
+                off = _pack((("CLIENT", "REPLY", "OFF"),))
+                await conn.send_packed_command(off, check_health=False)
+        except BaseException as exc:
+            await self._drop(conn)
+            if isinstance(exc, TimeoutError):
+                raise self._timed_out() from None
+            raise
+        return conn
+
+    async def _drop(self, conn: AbstractConnection) -> None:
+        """Close a connection that is not the pool's."""
+        with anyio.move_on_after(_CLEANUP_GRACE_S, shield=True):
+            await conn.disconnect(nowait=True)
 
     @asynccontextmanager
     async def subscribe(

@@ -385,7 +385,8 @@ class WorkerAgent:
             scoring=scoring_id(self._scoring, self.memory.policy),
             weights={s: reading.get(s, 0.0) for s in announce.required_skills},
         )
-        await self._bus.publish(self._keys.bids(announce.task_id), encode(bid))
+        # a lost bid only lets the window run to its deadline: no reply to wait for
+        await self._bus.publish_unconfirmed(self._keys.bids(announce.task_id), encode(bid))
 
     async def _may_bid(self, announce: Announce) -> bool:
         """Does `announce` get a bid above 0 (a score)? Not unless free, unpaused and not

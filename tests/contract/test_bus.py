@@ -52,6 +52,24 @@ async def test_every_subscriber_gets_its_copy(bus: Bus) -> None:
     assert second.pattern == "f*"
 
 
+async def test_unconfirmed_publishes_arrive_in_order(bus: Bus) -> None:
+    async with bus.subscribe(channels=["ch:a"], patterns=["bids:*"]) as sub:
+        await bus.publish_unconfirmed("ch:a", "one")
+        await bus.publish_unconfirmed("bids:t-1", BINARY)
+        await bus.publish_unconfirmed("ch:a", "three")
+        received: list[Message] = []
+        with anyio.fail_after(5):
+            async for message in sub:
+                received.append(message)
+                if len(received) == 3:
+                    break
+    assert received == [
+        Message("ch:a", b"one", None),
+        Message("bids:t-1", BINARY, "bids:*"),
+        Message("ch:a", b"three", None),
+    ]
+
+
 # ---------------------------------------------------------------------------- strings
 
 

@@ -248,6 +248,85 @@ async def test_cancelled_calls_leave_nothing_behind(bus: RedisBus, redis_url: st
         assert await bus.blmove("q", "p", timeout_s=None) == b"job"
 
 
+# ---------------------------------------------------------------------------- unconfirmed
+
+
+async def test_an_unconfirmed_publish_waits_for_no_reply(start_server: ServerFactory) -> None:
+    """To a frozen server a confirmed publish waits out the socket timeout (2 s); an
+    unconfirmed one returns at once, and its message arrives once the server runs again."""
+    server = start_server()
+    bus = RedisBus.from_url(f"{server.url}?socket_timeout=2", reconnect_timeout_s=2.0)
+    try:
+        async with bus.subscribe(channels=["bids:t-1"]) as sub:
+            messages = sub.__aiter__()
+            with anyio.fail_after(10):
+                await bus.publish_unconfirmed("bids:t-1", b"first")  # its connection is made
+                assert await messages.__anext__() == Message("bids:t-1", b"first")
+            server.pause()
+            with anyio.fail_after(1):
+                await bus.publish_unconfirmed("bids:t-1", b"second")
+            server.resume()
+            with anyio.fail_after(10):
+                assert await messages.__anext__() == Message("bids:t-1", b"second")
+    finally:
+        server.resume()
+        await bus.aclose()
+
+
+async def test_unconfirmed_publishes_reconnect_after_a_restart(
+    start_server: ServerFactory,
+) -> None:
+    """The server closed the connection: the next message goes on a new one, not lost."""
+    server = start_server()
+    bus = RedisBus.from_url(server.url, reconnect_timeout_s=30.0, backoff_max_s=0.2)
+    try:
+        with anyio.fail_after(30):
+            async with bus.subscribe(channels=["news"]) as sub:
+                messages = sub.__aiter__()
+                await bus.publish_unconfirmed("news", b"before")
+                assert await messages.__anext__() == Message("news", b"before")
+                await anyio.to_thread.run_sync(server.stop)
+                await anyio.to_thread.run_sync(server.start)
+                await _publish_until_heard(bus, "news", b"subscribed again")
+                assert await messages.__anext__() == Message("news", b"subscribed again")
+                await bus.publish_unconfirmed("news", b"after")
+                assert await messages.__anext__() == Message("news", b"after")
+    finally:
+        await bus.aclose()
+
+
+async def test_unconfirmed_publishes_where_client_reply_is_refused(
+    start_server: ServerFactory,
+) -> None:
+    """A user whose ACL forbids CLIENT still publishes, confirmed instead: the replies are
+    read (none is left to pile up), so that a frozen server makes them time out."""
+    server = start_server(password="s3cret")
+    admin = redis.Redis.from_url(server.url)
+    try:
+        admin.execute_command(
+            "ACL", "SETUSER", "bidder", "on", ">pw", "~*", "&*", "+@all", "-client"
+        )
+    finally:
+        admin.close()
+    url = f"redis://bidder:pw@127.0.0.1:{server.port}/0?socket_timeout=0.3"
+    async with (
+        open_bus(url, reconnect_timeout_s=0.3) as bus,
+        bus.subscribe(channels=["bids:t-1"]) as sub,
+    ):
+        await bus.publish_unconfirmed("bids:t-1", b"one")
+        await bus.publish_unconfirmed("bids:t-1", b"two")
+        with anyio.fail_after(5):
+            messages = sub.__aiter__()
+            assert await messages.__anext__() == Message("bids:t-1", b"one")
+            assert await messages.__anext__() == Message("bids:t-1", b"two")
+        server.pause()
+        try:
+            with anyio.fail_after(10), pytest.raises(BusUnavailable, match="no reply"):
+                await bus.publish_unconfirmed("bids:t-1", b"three")
+        finally:
+            server.resume()
+
+
 # ---------------------------------------------------------------------------- reaching Redis
 
 
