@@ -37,7 +37,7 @@ async def _raw(host: str, port: int, count: int) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(hiredis.pack_command(("SUBSCRIBE", ANNOUNCE)))
     parser, seen, started = hiredis.Reader(), 0, 0.0
-    while (reply := parser.gets()) is False:  # the subscription's confirmation
+    while parser.gets() is False:  # the subscription's confirmation
         parser.feed(await reader.read(65536))
     print("ready", flush=True)
     while seen < count:
