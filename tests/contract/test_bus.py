@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from jarvis_kernel.bus import Bus, Message, Tx
+from jarvis_kernel.bus import Bus, Message, Subscription, Tx
 from jarvis_kernel.errors import BusError
 
 from .conftest import BusHarness
@@ -16,17 +16,23 @@ BINARY = b"\x00\xff\xfe binary \x00 payload \xc3\x28"
 # ---------------------------------------------------------------------------- pub/sub
 
 
+async def _take(sub: Subscription, count: int) -> list[Message]:
+    """The next `count` messages of `sub` (5 s at most)."""
+    received: list[Message] = []
+    with anyio.fail_after(5):
+        async for message in sub:
+            received.append(message)
+            if len(received) == count:
+                break
+    return received
+
+
 async def test_subscription_is_live_when_entered(bus: Bus) -> None:
     async with bus.subscribe(channels=["ch:a"], patterns=["bids:*"]) as sub:
         assert await bus.publish("ch:a", "one") == 1
         assert await bus.publish("bids:t-1", BINARY) == 1
         assert await bus.publish("other", "nobody") == 0
-        received: list[Message] = []
-        with anyio.fail_after(5):
-            async for message in sub:
-                received.append(message)
-                if len(received) == 2:
-                    break
+        received = await _take(sub, 2)
     assert received[0] == Message("ch:a", b"one", None)
     assert received[1] == Message("bids:t-1", BINARY, "bids:*")
 
@@ -57,12 +63,7 @@ async def test_unconfirmed_publishes_arrive_in_order(bus: Bus) -> None:
         await bus.publish_unconfirmed("ch:a", "one")
         await bus.publish_unconfirmed("bids:t-1", BINARY)
         await bus.publish_unconfirmed("ch:a", "three")
-        received: list[Message] = []
-        with anyio.fail_after(5):
-            async for message in sub:
-                received.append(message)
-                if len(received) == 3:
-                    break
+        received = await _take(sub, 3)
     assert received == [
         Message("ch:a", b"one", None),
         Message("bids:t-1", BINARY, "bids:*"),
