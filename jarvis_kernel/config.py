@@ -73,7 +73,7 @@ class MarketConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     round_backoff_s: NonNegSeconds = 0.05
     max_concurrent_auctions: Positive = 256
     pause_poll_s: Seconds = 0.25
-    joint_award_s: NonNegSeconds = 0.005
+    joint_award_s: NonNegSeconds = 0.01
     """Auctions open together are awarded jointly (`auction.award_batch`: the highest total
     score). With the close on bounds, they are decided together once the bids in hand
     decide them all, waiting this long at most for a bid asked for; without it, an auction

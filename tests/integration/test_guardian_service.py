@@ -16,6 +16,7 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import msgspec
 
 from jarvis_kernel.bus.memory import MemoryBus
 from jarvis_kernel.clock import FakeClock
@@ -56,12 +57,22 @@ GUARDIAN = {
 }
 
 
+MARKET = MarketConfig(window_s=5.0, max_rounds=2, round_backoff_s=0.01, pause_poll_s=30.0)
+ROUNDS = msgspec.structs.replace(MARKET, max_rounds=20)
+"""For three tasks and two workers: the third waits its turn over the rounds (with two it
+could fall back to the shared list, which scripted workers never read)."""
+
+
 def config(
-    memory: Path, *, workers: list[WorkerConfig] | None = None, **guardian: object
+    memory: Path,
+    *,
+    workers: list[WorkerConfig] | None = None,
+    market: MarketConfig = MARKET,
+    **guardian: object,
 ) -> Config:
     return Config(
         workers=workers or [],
-        market=MarketConfig(window_s=5.0, max_rounds=2, round_backoff_s=0.01, pause_poll_s=30.0),
+        market=market,
         liveness=LivenessConfig(heartbeat_s=1.0, dead_after_s=3.0),
         guardian=GuardianConfig(**{**GUARDIAN, **guardian}),  # type: ignore[arg-type]
         librarian=LibrarianConfig(enabled=False),
@@ -127,7 +138,11 @@ async def settle() -> None:
 
 @asynccontextmanager
 async def open_swarm(
-    tmp_path: Path, *, workers: list[WorkerConfig] | None = None, **guardian: object
+    tmp_path: Path,
+    *,
+    workers: list[WorkerConfig] | None = None,
+    market: MarketConfig = MARKET,
+    **guardian: object,
 ) -> AsyncIterator[Swarm]:
     """A kernel (guardian on) on MemoryBus + FakeClock, and a task group for workers.
 
@@ -136,7 +151,9 @@ async def open_swarm(
     clock = FakeClock()
     bus = MemoryBus(clock=clock)
     memory = tmp_path / ".memory"
-    kernel = Kernel(config(memory, workers=workers, **guardian), bus=bus, clock=clock)
+    kernel = Kernel(
+        config(memory, workers=workers, market=market, **guardian), bus=bus, clock=clock
+    )
     try:
         with anyio.fail_after(20):
             async with kernel, anyio.create_task_group() as tg:
@@ -222,7 +239,7 @@ async def _dead_worker_tasks_are_reclaimed_once(swarm: Swarm) -> None:
 
 
 async def test_error_spiral_pauses_swarm_until_rca_completes(tmp_path: Path) -> None:
-    async with open_swarm(tmp_path) as swarm:
+    async with open_swarm(tmp_path, market=ROUNDS) as swarm:
         await _error_spiral_pauses_swarm_until_rca_completes(swarm)
 
 
@@ -447,7 +464,7 @@ async def test_a_restarted_kernel_picks_up_the_rca_of_the_pause_it_finds(tmp_pat
     try:
         with anyio.fail_after(20):
             async with anyio.create_task_group() as workers:
-                first = Kernel(config(memory), bus=bus, clock=clock)
+                first = Kernel(config(memory, market=ROUNDS), bus=bus, clock=clock)
                 async with first:
                     swarm = Swarm(first, clock, workers, memory, ended)
                     failers = [
@@ -462,7 +479,7 @@ async def test_a_restarted_kernel_picks_up_the_rca_of_the_pause_it_finds(tmp_pat
                     assert first.guardian is not None
                     rca_id = first.guardian.rca_task_id
                 # the first kernel is gone; the swarm stays paused, the RCA in pro's hands
-                second = Kernel(config(memory), bus=bus, clock=clock)
+                second = Kernel(config(memory, market=ROUNDS), bus=bus, clock=clock)
                 async with second:
                     second.market.add_listener(ended.append)
                     assert second.guardian is not None
