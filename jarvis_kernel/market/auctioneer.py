@@ -25,7 +25,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.lowlevel
@@ -122,6 +122,7 @@ class Auctioneer(Closing):
         self._batch: JointBatch | None = None
         self._joint_recheck: float | None = None
         self._slots = anyio.Semaphore(market.max_concurrent_auctions)
+        self._tried: dict[str, int] = {}  # task -> rounds that met room, while it waits
         self._committed: Counter[str] = Counter()
         # the order of the kernel's own steps: a worker's last task end read vs. announcements
         self._tick = itertools.count(1)
@@ -379,51 +380,77 @@ class Auctioneer(Closing):
 
     async def _auction_slot(self, task_id: str) -> None:
         try:
-            again = await self._auction(task_id)
+            then = await self._auction(task_id)
         finally:
             self._slots.release()
-        if again:  # out of the slot: resting holds no room for other auctions
+        if then is None:
+            return
+        if then == "rest":  # out of the slot: resting holds no room for other auctions
             await self.clock.sleep(self.market.window_s)
-            raw = self._records.get(task_id)
-            if raw is not None:
-                self._push_ready(decode(raw, TaskRecord))
+        raw = self._records.get(task_id)
+        if raw is not None:  # "wait": queued again, dispatched once a worker has room
+            self._push_ready(decode(raw, TaskRecord))
 
     # ------------------------------------------------------------------ one auction
-    async def _auction(self, task_id: str) -> bool:
-        """Run the rounds of one auction; True when it is to be run again later."""
+    async def _auction(self, task_id: str) -> Literal["rest", "wait"] | None:
+        """Run the rounds of one auction; say when it is to be run again, if it is.
+
+        A round that found every worker busy (`Auction.met_room`: none with room, or every
+        answer a refusal for want of room) while none has room still does not count towards
+        ``max_rounds``: the task goes back to the queue ("wait") and is announced again once
+        a worker has room, so a moment when all are busy does not send it to the shared
+        list. Nor does a retry wait out its backoff while no worker has room. Every other
+        round counts, so an auction run always ends. "rest": the exempt task of a pause,
+        after its rounds.
+        """
         raw = self._records.get(task_id)
+        tried = self._tried.pop(task_id, 0)  # rounds of this run before it waited
         if raw is None:
-            return False
+            return None
         record = decode(raw, TaskRecord)
         # Round numbers grow over the task's whole life (across attempts and restarts):
         # workers answer each (task, round) once, so a round announced again would only meet
-        # silence. Each auction run gets up to `max_rounds` rounds.
-        first = record.round + 1
-        last = first + self.market.max_rounds - 1
-        for round_ in range(first, last + 1):
-            outcome = await self._round(record, raw, round_, directed=round_ == first)
+        # silence. Each auction run gets up to `max_rounds` rounds that meet room.
+        directed = True
+        while True:
+            outcome = await self._round(record, raw, record.round + 1, directed=directed)
             if outcome is None:
-                return False  # awarded, or the record changed under us
-            record, raw = outcome
+                return None  # awarded, or the record changed under us
+            record, raw, met_room = outcome
+            directed = False
             if self._draining:
-                return False
-            if round_ < last:
-                await self.clock.sleep(self.market.round_backoff_s * 2 ** (round_ - 1))
+                return None
+            room = self._has_room()
+            if met_room or room:  # found all busy, but room now: counts, so that it ends
+                tried += 1
+            if tried >= self.market.max_rounds:
+                break
+            if not room:
+                self._tried[task_id] = tried
+                return "wait"
+            await self.clock.sleep(self.market.round_backoff_s * 2 ** (tried - 1))
         if self._pause is not None and task_id in self._exempt:
             # The task the pause lets through (the guardian's RCA) does not fall back: no
             # worker takes from the shared list while paused. Auctioned again after a rest.
-            return True
+            return "rest"
         await self._fallback(record, raw)
-        return False
+        return None
 
     async def _round(
         self, record: TaskRecord, raw: bytes, round_: int, *, directed: bool = False
-    ) -> tuple[TaskRecord, bytes] | None:
+    ) -> tuple[TaskRecord, bytes, bool] | None:
         """Announce, collect, award one round. `directed`: the first round of an auction
-        run may be announced to the likeliest winner first (`_first_asked`)."""
+        run may be announced to the likeliest winner first (`_first_asked`).
+
+        None once awarded (or the record changed under us); else the record, and whether
+        the round met a worker with room (`Auction.met_room`). With live workers and none
+        with room it announces nothing: the task waits for room (`_auction`).
+        """
         task = record.task
         free = self._free()
         eligible = {w for w in self._alive if free.get(w, 0) > 0}
+        if self._alive and not eligible:
+            return record, raw, False
         closes_at_ms = self.clock.time_ms() + round(self.market.window_s * 1000)
         announcing = msgspec.structs.replace(record, state="auctioning", round=round_)
         tx, new_raw = transition(self.keys, raw, announcing)
@@ -479,7 +506,7 @@ class Auctioneer(Closing):
             self._closed(task.task_id)
         if winner is None:
             self.stats.counts["no_winner"] += 1
-            return announcing, new_raw
+            return announcing, new_raw, not self._alive or auction.met_room()
         await self._award(announcing, new_raw, winner, auction, started)
         return None
 
@@ -572,19 +599,33 @@ class Auctioneer(Closing):
                 continue
             self._on_bid(bid)
 
-    def _note_load(self, bid: Bid) -> None:
+    def _note_load(self, bid: Bid, auction: Auction | None) -> None:
         """The load in a bid is the worker's freshest word on what it holds (the heartbeat's
         can be a beat old and would hide a slot freed since), also in a bid that comes late;
-        awards not yet finished still count too (`free_capacity`)."""
-        if bid.worker_id in self._capacity:
-            freed = bid.load < self._load.get(bid.worker_id, 0)
-            self._load[bid.worker_id] = bid.load
-            if freed:
-                self._wake_dispatch()
+        awards not yet finished still count too (`free_capacity`).
+
+        Bids and events come on separate connections, so a bid can be read after the end
+        of a task it counted. A bid that may be older than the worker's last end read (for
+        an auction announced before that end was read, or too late to tell) lowers the
+        load, never raises it: else a slot freed would look taken until the next word.
+        """
+        worker = bid.worker_id
+        if worker not in self._capacity:
+            return
+        known = self._load.get(worker, 0)
+        if bid.load > known and (
+            auction is None
+            or bid.round != auction.round
+            or self._ended_at.get(worker, 0) > auction.announced_tick
+        ):
+            return
+        self._load[worker] = bid.load
+        if bid.load < known:
+            self._wake_dispatch()
 
     def _on_bid(self, bid: Bid) -> None:
-        self._note_load(bid)
         auction = self._auctions.get(bid.task_id)
+        self._note_load(bid, auction)
         reason = None
         if auction is None:
             reason = "late"
@@ -783,8 +824,13 @@ class Auctioneer(Closing):
             self._bounds.observe_weights(worker, event.weights)
 
     def _release(self, record: TaskRecord) -> None:
+        """A task awarded (or taken from the shared list) ended: its worker holds one less,
+        by the kernel's count and by the load it last reported (which counted it, if it
+        was reported since the task was taken; `free_capacity` keeps the larger)."""
         if record.worker_id and record.state in ("assigned", "running"):
             self._committed[record.worker_id] = max(0, self._committed[record.worker_id] - 1)
+            if self._load.get(record.worker_id, 0) > 0:
+                self._load[record.worker_id] -= 1
             self._ended_at[record.worker_id] = next(self._tick)
             self._wake_dispatch()
 

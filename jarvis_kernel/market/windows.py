@@ -78,6 +78,21 @@ class Auction:
         self.widen: list[str] = []
         self.widened = 0  # times asked again
 
+    def met_room(self) -> bool:
+        """Did this round meet a worker with room that did not take the task?
+
+        One that refused with room to spare, one asked that stayed silent, or one not asked
+        because it could only refuse (its bound is 0). If not, it found every worker busy:
+        refusals for want of room (a worker the kernel counted free a moment early), and
+        those with room awarded other tasks of the same joint award.
+        """
+        if any(b.score <= 0.0 and b.load < b.capacity for b in self.bids):
+            return True
+        return any(
+            w not in self.held or self.bounds.get(w, 1.0) <= 0.0
+            for w in self.eligible - self.answered
+        )
+
     def close(self, *, on_bounds: bool = False) -> None:
         self.on_bounds = on_bounds
         self.done.set()

@@ -69,8 +69,11 @@ _SHARED_TRIES = 8
 class WorkerAgent:
     """One worker speaking the wire protocol over a `Bus`. See the module docstring.
 
-    `poll_s` bounds how long a ``BLMOVE`` blocks (and so how often the shared list is
-    tried); `drain_grace_s` bounds the clean-up writes once the drain is done.
+    `poll_s` bounds how long a ``BLMOVE`` blocks, and so how long the shared list goes
+    untried: when idle, after each empty wait on its own list; when busy, before the
+    first take from its own list once `poll_s` has passed since the last try (a task that
+    fell back to the shared list is not left there while the worker's own list keeps it
+    busy). `drain_grace_s` bounds the clean-up writes once the drain is done.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class WorkerAgent:
         self._executor = executor if executor is not None else make_executor(spec)
         self._events_maxlen = events_maxlen
         self._poll_s = poll_s
+        self._shared_tried_at = clock.monotonic()
         self._take = take
         self._drain_grace_s = drain_grace_s
         self.memory = WorkerMemory(spec.id, spec.model, spec.expertise)
@@ -452,10 +456,19 @@ class WorkerAgent:
         keys, wid = self._keys, self.worker_id
         if self._take == "shared":  # a plain FCFS worker: only the shared list, blocking on it
             return await self._bus.blmove(keys.tasks, keys.processing(wid), self._poll_s)
+        due = self._clock.monotonic() - self._shared_tried_at >= self._poll_s
+        if due and self._shared_open():
+            raw = await self._take_shared()
+            if raw is not None:
+                return raw
         raw = await self._bus.blmove(keys.tasks_for(wid), keys.processing(wid), self._poll_s)
-        if raw is None and not (self.paused or self.swarm_paused):  # the shared list: none exempt
+        if raw is None and self._shared_open():
             raw = await self._take_shared()
         return raw
+
+    def _shared_open(self) -> bool:
+        """May it take from the shared list now? Not while paused: no task there is exempt."""
+        return not (self.paused or self.swarm_paused)
 
     async def _take_shared(self) -> bytes | None:
         """A task from the shared FCFS list that this worker's model may run.
@@ -465,6 +478,7 @@ class WorkerAgent:
         `_SHARED_TRIES` tries per call, so a list full of such tasks costs little.
         """
         shared, processing = self._keys.tasks, self._keys.processing(self.worker_id)
+        self._shared_tried_at = self._clock.monotonic()
         for _ in range(_SHARED_TRIES):
             # shielded: a stop between the move and the putting back would leave the task
             # in processing, where the drain would adopt and run it

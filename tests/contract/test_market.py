@@ -115,6 +115,38 @@ async def test_no_bid_rounds_then_fcfs_fallback(harness: BusHarness) -> None:
         assert len(await events_of(kernel, "TaskFallback")) == 1
 
 
+async def test_a_round_that_finds_every_worker_busy_waits_for_room(harness: BusHarness) -> None:
+    """A worker the kernel counted free answers that it is full (its word came a moment
+    late): that round met no room, so the task waits for a worker with room instead of
+    spending its rounds on nobody and falling back to the shared list."""
+    async with open_kernel(harness, window_s=0.05) as kernel:
+        bus, keys, market = kernel.bus, kernel.keys, kernel.market
+        busy = ScriptedWorker(
+            bus, keys, kernel.clock, "w-busy", score=0.7, load=lambda a: int(a.round == 1)
+        )
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await start_workers(kernel, tg, busy)
+                async with kernel.finished_events() as finished:
+                    await kernel.submit(Task(task_id="t-wait"))
+                    while not (busy.announces and market.queued == 1):
+                        await harness.settle()
+                    for _ in range(3):  # the backoffs and windows of the rounds left
+                        await harness.advance(0.05)
+                    assert market.queued == 1 and market.open_auctions == 0
+                    assert [a.round for a in busy.announces] == [1]
+                    # its heartbeat says it has room again
+                    await bus.hset(keys.load, {"w-busy": b"0"})
+                    await market.refresh_workers()
+                    ended = await finished.receive()
+                tg.cancel_scope.cancel()
+        assert isinstance(ended, TaskCompleted) and ended.worker_id == "w-busy"
+        assert [a.round for a in busy.announces] == [1, 2]
+        assert await bus.llen(keys.tasks) == 0
+        assert await events_of(kernel, "TaskFallback") == []
+        assert market.stats.counts["fallback"] == 0
+
+
 async def test_failures_are_retried_then_dead_lettered(harness: BusHarness) -> None:
     async with open_kernel(harness) as kernel:
         bus, keys, clock = kernel.bus, kernel.keys, kernel.clock

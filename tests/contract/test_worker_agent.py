@@ -333,6 +333,26 @@ async def test_takes_from_the_shared_list_when_idle(world: World) -> None:
     assert world.executor.runs == ["fcfs"]
 
 
+async def test_takes_from_the_shared_list_while_its_own_keeps_it_busy(world: World) -> None:
+    """A task that fell back to the shared list is not left there until the worker's own
+    list runs dry: a busy worker tries the shared list again once `poll_s` has passed."""
+    agent = world.agent()
+    for i in range(30):
+        await world.push(Assignment(task_id=f"own-{i:02d}"))
+    await world.bus.lpush(KEYS.tasks, encode(Assignment(task_id="fcfs")))
+
+    async def shared_ran() -> bool:
+        for task_id in world.executor.runs:  # each task ends as soon as it has started
+            world.executor.release(task_id)
+        return "fcfs" in world.executor.runs
+
+    async with running(agent):
+        await world.until(shared_ran)
+        left = await world.bus.llen(KEYS.tasks_for("w1"))
+    assert left > 0, "the shared task waited until the worker's own list was empty"
+    assert world.executor.runs[0].startswith("own-")
+
+
 async def test_leaves_shared_tasks_that_require_another_model(world: World) -> None:
     agent = world.agent()  # gemini:flash
     pro_only = encode(Assignment(task_id="t-pro", required_model="gemini:pro"))

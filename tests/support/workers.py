@@ -2,6 +2,7 @@
 
 It bids a fixed score, takes its tasks with BLMOVE, and reports what the test tells it to.
 It stands in for a foreign worker and lets market tests control every answer. Options:
+``load`` (the load its bids report: a number or a function of the announcement; 0),
 ``progress_tokens`` (a ``task.progress`` with that many tokens right after the start, for
 token spikes), ``token_usage`` (the total reported on completion); control commands on
 ``<ns>:control:<id>`` are recorded in ``controls``; a closed ``hold`` keeps a started task
@@ -42,6 +43,7 @@ class ScriptedWorker:
         worker_id: str,
         *,
         score: float | Callable[[Announce], float | None] = 0.5,
+        load: int | Callable[[Announce], int] = 0,
         capacity: int = 1,
         model: str = "gemini:flash",
         fail_with: str | None = None,
@@ -51,7 +53,7 @@ class ScriptedWorker:
     ) -> None:
         self.bus, self.keys, self.clock = bus, keys, clock
         self.worker_id, self.capacity, self.model = worker_id, capacity, model
-        self.score = score
+        self.score, self.load = score, load
         self.fail_with = fail_with
         self.heartbeat_s = heartbeat_s
         self.progress_tokens = progress_tokens
@@ -103,7 +105,7 @@ class ScriptedWorker:
                     worker_id=self.worker_id,
                     score=score,
                     model=self.model,
-                    load=0,
+                    load=self.load(announce) if callable(self.load) else self.load,
                     capacity=self.capacity,
                 )
                 await self.bus.publish(self.keys.bids(announce.task_id), encode(bid))
