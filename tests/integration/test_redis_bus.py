@@ -161,6 +161,60 @@ async def test_aclose_ends_blocked_calls_with_bus_error(redis_url: str) -> None:
         await bus.get("k")
 
 
+async def test_aclose_ends_a_command_waiting_for_its_reply(start_server: ServerFactory) -> None:
+    """A command that does not block runs without a cancel scope: `aclose` ends it by
+    disconnecting its connection, at once, not after the socket timeout (20 s here)."""
+    server = start_server()
+    bus = RedisBus.from_url(f"{server.url}?socket_timeout=20", reconnect_timeout_s=60.0)
+    errors: list[BaseException] = []
+
+    async def get() -> None:
+        try:
+            await bus.get("k")
+        except BusError as exc:
+            errors.append(exc)
+
+    try:
+        await bus.set("k", "v")
+        server.pause()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(get)
+                await anyio.wait_all_tasks_blocked()  # sent, waiting for the reply
+                await bus.aclose()
+        assert len(errors) == 1
+        assert "closed" in str(errors[0])
+    finally:
+        server.resume()
+        await bus.aclose()
+
+
+async def test_a_connection_the_server_closed_is_not_used_again(
+    start_server: ServerFactory,
+) -> None:
+    """The bus keeps its connections between commands. One that the server closed (a restart,
+    a client kill) is replaced before a command is sent on it: no failed attempt, so even a
+    bus with no reconnect budget at all does not notice."""
+    server = start_server(persist=True)
+    bus = RedisBus.from_url(server.url, reconnect_timeout_s=0.0)
+    probe = redis.asyncio.Redis.from_url(server.url)
+    try:
+        with anyio.fail_after(30):
+            await bus.set("k", "v")
+            await anyio.to_thread.run_sync(server.stop)
+            await anyio.to_thread.run_sync(server.start)
+            assert await bus.get("k") == b"v"
+            killed = await probe.client_kill_filter(skipme=True)
+            assert killed >= 1  # the bus's connection
+            await probe.ping()  # the kill is done; its connection's end is read by the bus's loop
+            await anyio.wait_all_tasks_blocked()
+            assert await bus.get("k") == b"v"
+            assert await bus.execute_many([Tx().set("k", "w")]) == [True]
+    finally:
+        await probe.aclose()
+        await bus.aclose()
+
+
 async def test_outage_beyond_the_budget_is_bus_unavailable(start_server: ServerFactory) -> None:
     server = start_server()
     bus = RedisBus.from_url(server.url, reconnect_timeout_s=0.3, backoff_max_s=0.1)
