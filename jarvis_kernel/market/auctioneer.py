@@ -127,6 +127,7 @@ class Auctioneer(Closing):
         # the order of the kernel's own steps: a worker's last task end read vs. announcements
         self._tick = itertools.count(1)
         self._ended_at: dict[str, int] = {}
+        self._ending: set[str] = set()  # completed, counted ended, records being removed
         self._capacity: dict[str, int] = {}
         self._load: dict[str, int] = {}
         self._alive: set[str] = set()
@@ -770,20 +771,29 @@ class Auctioneer(Closing):
     async def _remove_completed(
         self, completed: dict[str, tuple[TaskCompleted, TaskRecord, bytes]]
     ) -> None:
-        """Remove the live records of completed tasks (one Tx each, one round trip)."""
+        """Remove the live records of completed tasks (one Tx each, one round trip).
+
+        Their workers have room from the moment their ends are read, not once the records
+        are removed: the next auction for them is announced while the removal is on its way
+        (a round trip less between a worker's end and its next task). A reclaim of the same
+        task meanwhile (`retry_or_bury`) then does not count it ended a second time.
+        """
         if not completed:
             return
-        for task_id in completed:
+        done = list(completed.items())
+        for task_id, (event, record, _) in done:
             if self._bounds is not None:
                 self._bounds.taken(task_id, None)
-        done = list(completed.items())
+            self._ending.add(task_id)
+            self._release(record)
+            self._learned(record, event)
         txs = [removal(self.keys, task_id, raw) for task_id, (_, _, raw) in done]
-        for (task_id, (event, record, _)), ok in zip(
-            done, await self.bus.execute_many(txs), strict=True
-        ):
+        try:
+            results = await self.bus.execute_many(txs)
+        finally:
+            self._ending.difference_update(completed)
+        for (task_id, (event, _, _)), ok in zip(done, results, strict=True):
             if ok:
-                self._release(record)
-                self._learned(record, event)
                 self._records.pop(task_id, None)
                 self.stats.counts["completed"] += 1
                 self._finished(event)
@@ -866,7 +876,8 @@ class Auctioneer(Closing):
             tx.ops.extend(extra.ops)
         if not await self.bus.execute(tx):
             return False
-        self._release(record)
+        if task_id not in self._ending:  # else counted ended when its end was read
+            self._release(record)
         if again is None:
             self._records.pop(task_id, None)
             self.stats.counts["dead"] += 1

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
 
+from jarvis_kernel.bus import Bus, Tx
 from jarvis_kernel.config import (
     Config,
     LibrarianConfig,
@@ -145,6 +148,51 @@ async def test_a_round_that_finds_every_worker_busy_waits_for_room(harness: BusH
         assert await bus.llen(keys.tasks) == 0
         assert await events_of(kernel, "TaskFallback") == []
         assert market.stats.counts["fallback"] == 0
+
+
+class _HeldRemovals:
+    """The kernel's bus, with each `execute_many` (the removal of ended tasks' records) held
+    until `release` is set."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self.holding = anyio.Event()
+        self.release = anyio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bus, name)
+
+    async def execute_many(self, txs: Sequence[Tx]) -> list[bool]:
+        self.holding.set()
+        await self.release.wait()
+        return await self._bus.execute_many(txs)
+
+
+async def test_a_worker_has_room_again_once_its_end_is_read(harness: BusHarness) -> None:
+    """The kernel counts a worker free from the moment it reads the worker's end, not once
+    the ended task's record is removed: the next task is awarded to it while that removal
+    is still on its way (a round trip less between a task's end and the next one)."""
+    held = _HeldRemovals(harness.bus)
+    kernel = Kernel(config(), bus=held, clock=harness.clock)  # type: ignore[arg-type]
+    async with kernel:
+        keys = kernel.keys
+        only = ScriptedWorker(harness.bus, keys, kernel.clock, "w-only", score=0.8, capacity=1)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await start_workers(kernel, tg, only)
+                async with kernel.finished_events() as finished:
+                    await kernel.submit(Task(task_id="t-1"))
+                    await kernel.submit(Task(task_id="t-2"))
+                    await held.holding.wait()  # t-1 ended; its record's removal is held
+                    while [a.task_id for a in only.ran] != ["t-1", "t-2"]:
+                        await harness.settle()
+                    assert kernel.market.stats.counts["completed"] == 0
+                    held.release.set()
+                    ended = {(await finished.receive()).task_id for _ in range(2)}
+                tg.cancel_scope.cancel()
+        assert ended == {"t-1", "t-2"}
+        assert kernel.market.stats.counts["completed"] == 2
+        assert await harness.bus.hgetall(keys.internal("live")) == {}
 
 
 async def test_failures_are_retried_then_dead_lettered(harness: BusHarness) -> None:
