@@ -9,6 +9,7 @@ from benchmarks.assignment_quality import (
     GroundTruthSim,
     Placement,
     SimWorker,
+    fit_ratio,
     greedy_assignment,
     has_every_skill,
     make_workload,
@@ -87,6 +88,18 @@ def test_summarize() -> None:
     assert out["totalFit"] == pytest.approx(2.0)
     assert out["everySkill"] == pytest.approx(2 / 3)
     assert out["trivialToCostly"] == pytest.approx(0.5)  # t1 of the two trivial ones
+
+
+def test_fit_ratio_compares_the_same_tasks_and_is_nan_on_none() -> None:
+    pro = SimWorker(id="p", model="gemini:pro", declared={}, true={"a": 0.9})
+    market = [
+        Placement(task(["a"], 0.1, f"t{i}"), pro, fit, 1.0) for i, fit in enumerate([0.5, 0.9])
+    ]
+    best = [Placement(task(["a"], 0.1, f"t{i}"), pro, 0.9, 0.9) for i in range(2)]
+    assert fit_ratio(market, best) == pytest.approx(1.4 / 1.8)
+    assert fit_ratio(market[:1], best[:1]) == pytest.approx(0.5 / 0.9)  # the cold start
+    assert fit_ratio(market[1:], best[1:]) == pytest.approx(1.0)  # once learned
+    assert fit_ratio(market[2:], best[2:]) != fit_ratio(market[2:], best[2:])  # NaN
 
 
 def test_an_outcome_is_drawn_once_per_seed_task_and_worker() -> None:
